@@ -75,8 +75,8 @@ class Demultiplexer(nn.Module):
 class KeyConditionedDemultiplexer(Demultiplexer):
     """``state_i(j) = MLP([h_j ; key_i])``: the shared machinery of `rsa` and `prefix`.
 
-    The first layer is one ``Linear(2H, H)`` (the concatenation), applied as
-    ``W_h h_j + W_k key_i``: the hidden part is computed once per mixture position and the key part
+    The first layer is a ``Linear(2H, H)`` on the concatenation, stored as its two halves and applied
+    as ``W_h h_j + W_k key_i``: the hidden part is computed once per mixture position and the key part
     once per instance, instead of N full ``2H x H`` products.
     """
 
@@ -84,7 +84,9 @@ class KeyConditionedDemultiplexer(Demultiplexer):
         super().__init__(config)
         h = config.hidden_size
         self.act = ACT2FN[config.hidden_act]
-        self.input_layer = nn.Linear(2 * h, h)
+        # The first layer acts on the concatenation [h_j ; key_i]; it is stored as its two halves.
+        self.hidden_proj = nn.Linear(h, h)
+        self.key_proj = nn.Linear(h, h, bias=False)
         self.input_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(nn.Linear(h, h) for _ in range(config.num_hidden_demux_layers - 1))
         self.norms = nn.ModuleList(
@@ -96,8 +98,7 @@ class KeyConditionedDemultiplexer(Demultiplexer):
         raise NotImplementedError
 
     def _project(self, hidden: torch.Tensor, keys: torch.Tensor):
-        w_hidden, w_key = self.input_layer.weight.split(self.hidden_size, dim=1)
-        return nn.functional.linear(hidden, w_hidden, self.input_layer.bias), nn.functional.linear(keys, w_key)
+        return self.hidden_proj(hidden), self.key_proj(keys)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_norm(self.act(x))

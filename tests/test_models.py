@@ -1,0 +1,235 @@
+"""The MUX-BERT contract: every multiplexer x demultiplexer x N x class."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from mux_plms import (
+    DEMUXING_VARIANTS,
+    MUXING_VARIANTS,
+    MuxBertForMaskedLM,
+    MuxBertForSequenceClassification,
+    MuxBertForTokenClassification,
+    MuxBertModel,
+)
+
+CLASSES = [MuxBertModel, MuxBertForMaskedLM, MuxBertForSequenceClassification, MuxBertForTokenClassification]
+BATCH, LENGTH, NUM_LABELS = 7, 9, 3
+
+
+def make_inputs(batch=BATCH, length=LENGTH, vocab=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, vocab, (batch, length), generator=g)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    # ragged rows: real padding inside the batch
+    for row in range(batch):
+        pad = row % 4
+        if pad:
+            input_ids[row, -pad:] = 0
+            attention_mask[row, -pad:] = 0
+    token_type_ids = torch.zeros_like(input_ids)
+    token_type_ids[:, length // 2 :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+
+def make_labels(cls, inputs, seed=0):
+    g = torch.Generator().manual_seed(seed + 1)
+    batch, length = inputs["input_ids"].shape
+    if cls is MuxBertForSequenceClassification:
+        return torch.randint(0, NUM_LABELS, (batch,), generator=g)
+    if cls is MuxBertForTokenClassification:
+        labels = torch.randint(0, NUM_LABELS, (batch, length), generator=g)
+        return labels.masked_fill(inputs["attention_mask"] == 0, -100)
+    if cls is MuxBertForMaskedLM:
+        labels = inputs["input_ids"].clone()
+        keep = torch.rand(batch, length, generator=g) < 0.3
+        return labels.masked_fill(~keep | (inputs["attention_mask"] == 0), -100)
+    return None
+
+
+def main_output(cls, output):
+    return output.last_hidden_state if cls is MuxBertModel else output.logits
+
+
+@pytest.mark.parametrize(
+    "muxing,demuxing,n", list(itertools.product(MUXING_VARIANTS, DEMUXING_VARIANTS, [1, 2, 5]))
+)
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_contract(cls, muxing, demuxing, n):
+    torch.manual_seed(0)
+    config = tiny_config(
+        num_instances=n, muxing_variant=muxing, demuxing_variant=demuxing, num_labels=NUM_LABELS, retrieval_loss_coeff=0.1
+    )
+    model = cls(config)
+    inputs = make_inputs()
+    labels = make_labels(cls, inputs)
+
+    # training step: finite loss, gradients reach the word embeddings
+    model.train()
+    output = model(**inputs, **({"labels": labels} if labels is not None else {}))
+    expected_shape = {
+        MuxBertModel: (BATCH, LENGTH, config.hidden_size),
+        MuxBertForMaskedLM: (BATCH, LENGTH, config.vocab_size),
+        MuxBertForSequenceClassification: (BATCH, NUM_LABELS),
+        MuxBertForTokenClassification: (BATCH, LENGTH, NUM_LABELS),
+    }[cls]
+    assert main_output(cls, output).shape == expected_shape
+    if cls is MuxBertModel:
+        loss = output.last_hidden_state.pow(2).mean()
+    else:
+        loss = output.loss
+        assert torch.isfinite(loss)
+        assert torch.isfinite(output.task_loss) and torch.isfinite(output.retrieval_loss)
+        torch.testing.assert_close(loss, config.task_loss_coeff * output.task_loss + 0.1 * output.retrieval_loss)
+    loss.backward()
+    grad = model.get_input_embeddings().weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+    # eval: deterministic, and internal padding == explicit all-padding rows
+    model.eval()
+    with torch.no_grad():
+        first = main_output(cls, model(**inputs))
+        second = main_output(cls, model(**inputs))
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
+        extra = (-BATCH) % n
+        if extra:
+            padded = {
+                "input_ids": torch.cat([inputs["input_ids"], torch.zeros(extra, LENGTH, dtype=torch.long)]),
+                "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(extra, LENGTH, dtype=torch.long)]),
+                "token_type_ids": torch.cat([inputs["token_type_ids"], torch.zeros(extra, LENGTH, dtype=torch.long)]),
+            }
+            explicit = main_output(cls, model(**padded))
+            assert explicit.shape[0] == BATCH + extra
+            torch.testing.assert_close(first, explicit[:BATCH], rtol=1e-5, atol=1e-6)
+
+
+def test_groups_are_independent():
+    """Rows kN..kN+N-1 form group k: changing group 1 leaves group 0's outputs untouched."""
+    model = MuxBertForSequenceClassification(tiny_config(num_instances=2, num_labels=2)).eval()
+    inputs = make_inputs(batch=4)
+    with torch.no_grad():
+        before = model(**inputs).logits
+        inputs["input_ids"][2:, 1:4] = 7
+        after = model(**inputs).logits
+    torch.testing.assert_close(before[:2], after[:2], rtol=0, atol=0)
+    assert not torch.allclose(before[2:], after[2:])
+
+
+def test_mixing_couples_instances_within_a_group():
+    """The instances of one group share a backbone pass: changing one changes the other's output."""
+    model = MuxBertForSequenceClassification(
+        tiny_config(num_instances=2, num_labels=2, muxing_variant="gaussian_hadamard", demuxing_variant="rsa")
+    ).eval()
+    inputs = make_inputs(batch=2)
+    with torch.no_grad():
+        before = model(**inputs).logits
+        inputs["input_ids"][1, 1:4] = 7
+        after = model(**inputs).logits
+    assert not torch.allclose(before[0], after[0])
+
+
+def test_union_attention_mask_ignores_positions_padded_in_every_instance():
+    """A position no instance uses does not influence the outputs (union mask of the mixture)."""
+    model = MuxBertForTokenClassification(
+        tiny_config(num_instances=2, num_labels=2, muxing_variant="gaussian_hadamard", demuxing_variant="rsa")
+    ).eval()
+    inputs = make_inputs(batch=2, length=8)
+    inputs["attention_mask"][:, -2:] = 0
+    with torch.no_grad():
+        before = model(**inputs).logits
+        inputs["input_ids"][:, -2:] = 55  # content under a padded position (both instances)
+        after = model(**inputs).logits
+    torch.testing.assert_close(before[:, :-2], after[:, :-2], rtol=1e-5, atol=1e-6)
+
+
+def test_retrieval_loss_uses_requested_instances():
+    config = tiny_config(num_instances=2, retrieval_loss_coeff=1.0, task_loss_coeff=0.0)
+    model = MuxBertForMaskedLM(config).eval()
+    inputs = make_inputs(batch=4)
+    ids_a = torch.zeros(2, LENGTH, dtype=torch.long)
+    ids_b = torch.ones(2, LENGTH, dtype=torch.long)
+    with torch.no_grad():
+        out_a = model(**inputs, retrieval_instance_ids=ids_a)
+        out_b = model(**inputs, retrieval_instance_ids=ids_b)
+        default = model(**inputs)
+    assert out_a.logits is None  # stage-1 model: no MLM head computed
+    assert not torch.allclose(out_a.retrieval_loss, out_b.retrieval_loss)
+    # the selected-instance path equals demultiplexing every instance and picking one
+    mixed, batch, _ = model.bert.multiplex_encode(**inputs)
+    every = model.bert.demultiplexer(mixed)  # (G, N, L, H)
+    torch.testing.assert_close(model.retrieval_head(every[:, 1]), out_b.retrieval_logits, rtol=1e-5, atol=1e-5)
+    assert default.retrieval_loss is not None and torch.isfinite(default.retrieval_loss)
+    with pytest.raises(ValueError, match="retrieval_instance_ids must have shape"):
+        model(**inputs, retrieval_instance_ids=torch.zeros(3, LENGTH, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"retrieval_instance_ids must lie in \[0, 2\)"):
+        model(**inputs, retrieval_instance_ids=torch.full((2, LENGTH), 2))
+
+
+def test_mlm_logits_at_labels_only():
+    model = MuxBertForMaskedLM(tiny_config(num_instances=2)).eval()
+    inputs = make_inputs(batch=4)
+    labels = make_labels(MuxBertForMaskedLM, inputs)
+    with torch.no_grad():
+        full = model(**inputs, labels=labels)
+        packed = model(**inputs, labels=labels, logits_at_labels_only=True)
+    selected = labels != -100
+    assert packed.logits.shape == (int(selected.sum()), model.config.vocab_size)
+    torch.testing.assert_close(packed.logits, full.logits[selected])
+    torch.testing.assert_close(packed.task_loss, full.task_loss)
+
+
+@pytest.mark.parametrize("problem", ["regression", "multi_label_classification"])
+def test_sequence_classification_problem_types(problem):
+    num_labels = 1 if problem == "regression" else 3
+    model = MuxBertForSequenceClassification(tiny_config(num_instances=2, num_labels=num_labels))
+    inputs = make_inputs(batch=5)
+    labels = torch.rand(5) if problem == "regression" else (torch.rand(5, 3) > 0.5).float()
+    out = model(**inputs, labels=labels)
+    assert model.config.problem_type == problem
+    assert out.logits.shape == (5, num_labels) and torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_sdpa_and_eager_agree():
+    torch.manual_seed(0)
+    config = tiny_config(num_instances=2, num_labels=3)
+    sdpa = MuxBertForTokenClassification(config).eval()
+    sdpa.set_attn_implementation("sdpa")
+    inputs = make_inputs()
+    with torch.no_grad():
+        a = sdpa(**inputs).logits
+        sdpa.set_attn_implementation("eager")
+        assert sdpa.config._attn_implementation == "eager"
+        b = sdpa(**inputs).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_forward_ensemble(n):
+    torch.manual_seed(0)
+    model = MuxBertForSequenceClassification(
+        tiny_config(num_instances=n, num_labels=3, muxing_variant="gaussian_hadamard", demuxing_variant="rsa")
+    ).eval()
+    inputs = make_inputs(batch=5)
+    ensembled = model.forward_ensemble(**inputs)
+    assert ensembled.shape == (5, 3)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+    if n == 1:
+        torch.testing.assert_close(ensembled, plain)
+        return
+    # manual: each example visits every slot of its group once
+    groups = (5 + n - 1) // n
+    total = torch.zeros(groups * n, 3)
+    padded = {k: torch.cat([v, torch.zeros(groups * n - 5, LENGTH, dtype=v.dtype)]) for k, v in inputs.items()}
+    for shift in range(n):
+        order = torch.cat([g * n + (torch.arange(n) + shift) % n for g in range(groups)])
+        with torch.no_grad():
+            logits = model(**{k: v[order] for k, v in padded.items()}).logits
+        total[order] += logits
+    torch.testing.assert_close(ensembled, (total / n)[:5])
+    assert not torch.allclose(ensembled, plain)

