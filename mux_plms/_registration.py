@@ -5,7 +5,9 @@ from __future__ import annotations
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForMaskedLM,
+    AutoModelForPreTraining,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -16,6 +18,29 @@ from .models import (
     MuxBertForSequenceClassification,
     MuxBertForTokenClassification,
     MuxBertModel,
+    MuxElectraConfig,
+    MuxElectraForMaskedLM,
+    MuxElectraForPreTraining,
+    MuxElectraForSequenceClassification,
+    MuxElectraForTokenClassification,
+    MuxElectraModel,
+    MuxVisionConfig,
+    MuxVisionForImageClassification,
+    MuxLstmConfig,
+    MuxLstmForMaskedLM,
+    MuxLstmForSequenceClassification,
+    MuxLstmForTokenClassification,
+    MuxLstmModel,
+    MuxRobertaConfig,
+    MuxRobertaForMaskedLM,
+    MuxRobertaForSequenceClassification,
+    MuxRobertaForTokenClassification,
+    MuxRobertaModel,
+    MuxAlbertConfig,
+    MuxAlbertForMaskedLM,
+    MuxAlbertForSequenceClassification,
+    MuxAlbertForTokenClassification,
+    MuxAlbertModel,
 )
 
 AUTO_CLASSES = {
@@ -23,6 +48,8 @@ AUTO_CLASSES = {
     "AutoModelForMaskedLM": AutoModelForMaskedLM,
     "AutoModelForSequenceClassification": AutoModelForSequenceClassification,
     "AutoModelForTokenClassification": AutoModelForTokenClassification,
+    "AutoModelForPreTraining": AutoModelForPreTraining,
+    "AutoModelForImageClassification": AutoModelForImageClassification,
 }
 
 # model_type -> (config class, {auto class name: model class})
@@ -34,6 +61,44 @@ FAMILIES: dict[str, tuple[type, dict[str, type]]] = {
             "AutoModelForMaskedLM": MuxBertForMaskedLM,
             "AutoModelForSequenceClassification": MuxBertForSequenceClassification,
             "AutoModelForTokenClassification": MuxBertForTokenClassification,
+        },
+    ),
+    "mux_electra": (
+        MuxElectraConfig,
+        {
+            "AutoModel": MuxElectraModel,
+            "AutoModelForPreTraining": MuxElectraForPreTraining,
+            "AutoModelForMaskedLM": MuxElectraForMaskedLM,
+            "AutoModelForSequenceClassification": MuxElectraForSequenceClassification,
+            "AutoModelForTokenClassification": MuxElectraForTokenClassification,
+        },
+    ),
+    "mux_vision": (MuxVisionConfig, {"AutoModelForImageClassification": MuxVisionForImageClassification}),
+    "mux_lstm": (
+        MuxLstmConfig,
+        {
+            "AutoModel": MuxLstmModel,
+            "AutoModelForMaskedLM": MuxLstmForMaskedLM,
+            "AutoModelForSequenceClassification": MuxLstmForSequenceClassification,
+            "AutoModelForTokenClassification": MuxLstmForTokenClassification,
+        },
+    ),
+    "mux_roberta": (
+        MuxRobertaConfig,
+        {
+            "AutoModel": MuxRobertaModel,
+            "AutoModelForMaskedLM": MuxRobertaForMaskedLM,
+            "AutoModelForSequenceClassification": MuxRobertaForSequenceClassification,
+            "AutoModelForTokenClassification": MuxRobertaForTokenClassification,
+        },
+    ),
+    "mux_albert": (
+        MuxAlbertConfig,
+        {
+            "AutoModel": MuxAlbertModel,
+            "AutoModelForMaskedLM": MuxAlbertForMaskedLM,
+            "AutoModelForSequenceClassification": MuxAlbertForSequenceClassification,
+            "AutoModelForTokenClassification": MuxAlbertForTokenClassification,
         },
     ),
 }

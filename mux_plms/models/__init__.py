@@ -13,3 +13,43 @@ from .modeling_mux_bert import (
 )
 from .modeling_outputs import MuxModelOutput, MuxTaskOutput
 from .multiplexing import MULTIPLEXERS, Multiplexer, register_multiplexer
+from .configuration_mux_electra import MuxElectraConfig
+from .modeling_mux_electra import (
+    MuxElectraForMaskedLM,
+    MuxElectraForPreTraining,
+    MuxElectraForSequenceClassification,
+    MuxElectraForTokenClassification,
+    MuxElectraModel,
+    MuxElectraPreTrainedModel,
+)
+from .configuration_mux_vision import MuxVisionConfig
+from .modeling_mux_vision import (
+    MuxCnnForImageClassification,
+    MuxMlpForImageClassification,
+    MuxVisionForImageClassification,
+    MuxVisionPreTrainedModel,
+)
+from .configuration_mux_lstm import MuxLstmConfig
+from .modeling_mux_lstm import (
+    MuxLstmForMaskedLM,
+    MuxLstmForSequenceClassification,
+    MuxLstmForTokenClassification,
+    MuxLstmModel,
+    MuxLstmPreTrainedModel,
+)
+from .configuration_mux_roberta import MuxRobertaConfig
+from .modeling_mux_roberta import (
+    MuxRobertaForMaskedLM,
+    MuxRobertaForSequenceClassification,
+    MuxRobertaForTokenClassification,
+    MuxRobertaModel,
+    MuxRobertaPreTrainedModel,
+)
+from .configuration_mux_albert import MuxAlbertConfig
+from .modeling_mux_albert import (
+    MuxAlbertForMaskedLM,
+    MuxAlbertForSequenceClassification,
+    MuxAlbertForTokenClassification,
+    MuxAlbertModel,
+    MuxAlbertPreTrainedModel,
+)

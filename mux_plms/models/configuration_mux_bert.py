@@ -43,8 +43,39 @@ class MultiplexingConfigMixin:
         prefix_filler_token_id: vocabulary id of the filler token of the `prefix` demultiplexer.
         prefix_index_token_ids: vocabulary ids of the N index tokens (default: ids 2 .. N+1, the
             `[unused*]` tokens of the BERT vocabulary).
-        legacy_*: reproduce quirks of the original implementation (princeton-nlp/datamux-pretraining);
-            set by the checkpoint converter, never useful for new models.
+        legacy_*: reproduce quirks of the original implementation (princeton-nlp/datamux-pretraining).
+            Set by ``mux_plms.convert_legacy_checkpoint``, all off by default, never useful for new models
+            (docs/legacy-checkpoints.md):
+
+            - ``legacy_embed_mixture``: the mixture re-enters the embedding layer (position and
+              token-type embeddings and the embedding LayerNorm applied a second time) and the encoder
+              runs without an attention mask.
+            - ``legacy_demux``: the original `index_pos` demultiplexer (needs ``demuxing_variant="rsa"``,
+              ``num_hidden_demux_layers >= 2``): ``"pretraining"`` is the path of the original MLM /
+              retrieval head (key first, ``dense_1 → gelu → layer_norm_1 → dense_2 → gelu →
+              layer_norm_2``); ``"finetuning"`` the path of its task models (``dense_k → gelu →
+              dropout``, residual from the second layer on, for k < ``num_hidden_demux_layers``, then
+              ``pre_decoder → gelu → pre_decoder_layer_norm`` plus a residual). The retrieval loss
+              always takes the pre-training path.
+            - ``legacy_contextual``: the original `gaussian_attention_v2` multiplexer's masks (needs
+              ``muxing_variant="contextual"``): additive masks in which a fully padded row attends
+              uniformly; the cross-instance layer is unmasked in ``"mlm"`` (the original MLM model)
+              and masked in ``"task"`` (its classification models).
+            - ``legacy_prefix_cls_token_id``: the `prefix` demultiplexer appends this token ([CLS] 101
+              in the original) after the N index slots, and sequence classification reads the
+              state at that slot.
+            - ``legacy_prefix_truncate``: the original MLM model keeps the length of its inputs when
+              it prepends the prefix, dropping their last ``prefix length`` tokens (their states,
+              logits and labels are ignored; the states are returned as zeros).
+            - ``legacy_rsa_cls_token_id``: the original `index_pos` models overwrite position 0 of
+              every input with this token ([CLS] 101).
+            - ``legacy_ignore_token_type_ids``: the original classification models ignore
+              ``token_type_ids`` (every position gets type 0).
+            - ``legacy_linear_classifier``: sequence classification is one linear layer (after
+              dropout) on the demultiplexed state, without the dense + tanh pooler.
+            - ``legacy_untransformed_vocab_head``: the vocabulary heads (MLM, retrieval) project the
+              demultiplexed state straight onto the vocabulary, without dense + activation + LayerNorm
+              (the original `index` heads).
     """
 
     num_instances: int = 2
@@ -59,11 +90,16 @@ class MultiplexingConfigMixin:
     muxing_seed: int = 0
     prefix_filler_token_id: int = 1
     prefix_index_token_ids: list[int] | None = None
-    # Legacy options (DESIGN.md section 4); all off by default.
+    # Legacy options (DESIGN.md section 4, docs/legacy-checkpoints.md); all off by default.
     legacy_embed_mixture: bool = False
-    legacy_demux: bool = False
+    legacy_demux: str | None = None
+    legacy_contextual: str | None = None
     legacy_prefix_cls_token_id: int | None = None
+    legacy_prefix_truncate: bool = False
     legacy_rsa_cls_token_id: int | None = None
+    legacy_ignore_token_type_ids: bool = False
+    legacy_linear_classifier: bool = False
+    legacy_untransformed_vocab_head: bool = False
 
     def validate_multiplexing(self) -> None:
         """Raise `ValueError` naming the field and the allowed values."""
@@ -121,6 +157,48 @@ def validate_multiplexing_fields(config) -> None:
                 )
         if config.prefix_filler_token_id in ids:
             raise ValueError("prefix_filler_token_id must differ from every prefix_index_token_ids entry")
+    validate_legacy_fields(config)
+
+
+LEGACY_DEMUX_PATHS = ("pretraining", "finetuning")
+LEGACY_CONTEXTUAL_MODES = ("mlm", "task")
+
+
+def validate_legacy_fields(config) -> None:
+    """Check the ``legacy_*`` options: allowed values and the variants each one belongs to."""
+    if config.legacy_demux is not None:
+        if config.legacy_demux not in LEGACY_DEMUX_PATHS:
+            raise ValueError(
+                f"legacy_demux must be None or one of {', '.join(LEGACY_DEMUX_PATHS)}; got {config.legacy_demux!r}"
+            )
+        if config.demuxing_variant != "rsa" or config.num_hidden_demux_layers < 2:
+            raise ValueError(
+                "legacy_demux reproduces the original `index_pos` demultiplexer: it needs demuxing_variant='rsa' "
+                f"and num_hidden_demux_layers >= 2, got {config.demuxing_variant!r} and {config.num_hidden_demux_layers}"
+            )
+    if config.legacy_contextual is not None:
+        if config.legacy_contextual not in LEGACY_CONTEXTUAL_MODES:
+            raise ValueError(
+                f"legacy_contextual must be None or one of {', '.join(LEGACY_CONTEXTUAL_MODES)}; "
+                f"got {config.legacy_contextual!r}"
+            )
+        if config.muxing_variant != "contextual":
+            raise ValueError(f"legacy_contextual needs muxing_variant='contextual', got {config.muxing_variant!r}")
+    if config.demuxing_variant != "prefix" and (
+        config.legacy_prefix_cls_token_id is not None or config.legacy_prefix_truncate
+    ):
+        raise ValueError(
+            "legacy_prefix_cls_token_id and legacy_prefix_truncate belong to the `prefix` demultiplexer; "
+            f"demuxing_variant is {config.demuxing_variant!r}"
+        )
+    if config.legacy_rsa_cls_token_id is not None:
+        if config.demuxing_variant != "rsa":
+            raise ValueError(f"legacy_rsa_cls_token_id needs demuxing_variant='rsa', got {config.demuxing_variant!r}")
+        if not 0 <= config.legacy_rsa_cls_token_id < config.vocab_size:
+            raise ValueError(
+                f"legacy_rsa_cls_token_id must be a vocabulary id in [0, vocab_size={config.vocab_size}); "
+                f"got {config.legacy_rsa_cls_token_id}"
+            )
 
 
 @strict

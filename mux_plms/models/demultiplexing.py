@@ -32,8 +32,11 @@ def register_demultiplexer(name: str):
 
 def build_demultiplexer(config) -> Demultiplexer:
     """Instantiate the demultiplexer named by ``config.demuxing_variant``."""
+    name = config.demuxing_variant
+    if getattr(config, "legacy_demux", None) is not None:
+        name = f"legacy_{name}"  # a converted original checkpoint (LegacyRSADemultiplexer)
     try:
-        cls = DEMULTIPLEXERS[config.demuxing_variant]
+        cls = DEMULTIPLEXERS[name]
     except KeyError:
         raise ValueError(
             f"demuxing_variant must be one of {', '.join(DEMULTIPLEXERS)}; got {config.demuxing_variant!r}"
@@ -67,9 +70,14 @@ class Demultiplexer(nn.Module):
         index = instance_ids[:, None, :, None].expand(-1, 1, -1, states.shape[-1])
         return states.gather(1, index).squeeze(1)
 
+    def sequence_position(self) -> int:
+        """The position sequence classification reads, as an index into the non-prefix part: 0, the
+        first input token. A negative index points into the prefix (the legacy prefix's [CLS] slot)."""
+        return 0
+
     def _body(self, mixed: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        body = mixed[:, self.prefix_length() :]
-        return body if positions is None else body[:, positions]
+        p = self.prefix_length()
+        return mixed[:, p:] if positions is None else mixed[:, p + positions]
 
 
 class KeyConditionedDemultiplexer(Demultiplexer):
@@ -146,7 +154,8 @@ class PrefixDemultiplexer(KeyConditionedDemultiplexer):
         ids = torch.full((n, n), self.config.prefix_filler_token_id, dtype=torch.long, device="cpu")
         ids[torch.arange(n), torch.arange(n)] = torch.tensor(self.config.resolved_prefix_index_token_ids)
         if self.config.legacy_prefix_cls_token_id is not None:
-            ids = torch.cat([ids, torch.full((n, 1), self.config.legacy_prefix_cls_token_id)], dim=1)
+            cls_ids = torch.full((n, 1), self.config.legacy_prefix_cls_token_id, dtype=torch.long, device="cpu")
+            ids = torch.cat([ids, cls_ids], dim=1)
         return ids
 
     def prefix_length(self):
@@ -154,6 +163,10 @@ class PrefixDemultiplexer(KeyConditionedDemultiplexer):
 
     def prefix_ids(self, device):
         return self.prefix_token_ids.to(device)
+
+    def sequence_position(self):
+        # legacy_prefix_cls_token_id: the original reads the [CLS] slot that ends its prefix
+        return -1 if self.config.legacy_prefix_cls_token_id is not None else 0
 
     def instance_keys_for(self, mixed):
         return mixed[:, : self.num_instances]
@@ -178,6 +191,58 @@ class MLPDemultiplexer(Demultiplexer):
         for w, b in zip(self.weight[1:], self.bias[1:]):
             x = self.act(torch.einsum("gnlh,nkh->gnlk", x, w) + b[None, :, None, :])
         return self.norm(x)
+
+
+@register_demultiplexer("legacy_rsa")
+class LegacyRSADemultiplexer(Demultiplexer):
+    """The original `index_pos` demultiplexer, built instead of `rsa` when ``config.legacy_demux`` is set
+    (converted checkpoints). A learned key per instance is concatenated *before* the hidden state, then:
+
+    * ``"pretraining"`` path (the original MLM / retrieval head, also used here by :meth:`select`, i.e. the
+      retrieval loss): ``layers[0] → gelu → norms[0] → layers[1] → gelu → norms[1]``;
+    * ``"finetuning"`` path (the original task models): ``layers[k] → gelu → dropout`` for
+      ``k < num_hidden_demux_layers - 1`` with a residual from the second layer on, then
+      ``pre_decoder → gelu → pre_decoder_norm`` plus a residual.
+
+    The original's ``dense_{k+1}`` is ``layers[k]``, ``layer_norm_{k+1}`` is ``norms[k]``; the layers no path
+    runs (``dense_k`` for k > max(D - 1, 2), ``layer_norm_k`` for k > 2, D = num_hidden_demux_layers) are not kept.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        h, eps = config.hidden_size, config.layer_norm_eps
+        self.finetuning_path = config.legacy_demux == "finetuning"
+        self.finetuning_depth = config.num_hidden_demux_layers - 1
+        self.instance_keys = nn.Parameter(torch.empty(config.num_instances, h))
+        widths = [2 * h] + [h] * (max(self.finetuning_depth, 2) - 1)
+        self.layers = nn.ModuleList(nn.Linear(width, h) for width in widths)
+        self.norms = nn.ModuleList(nn.LayerNorm(h, eps=eps) for _ in range(2))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pre_decoder = nn.Linear(h, h)
+        self.pre_decoder_norm = nn.LayerNorm(h, eps=eps)
+
+    def _pretraining(self, x: torch.Tensor) -> torch.Tensor:
+        for layer, norm in zip(self.layers, self.norms):
+            x = norm(nn.functional.gelu(layer(x)))
+        return x
+
+    def _finetuning(self, x: torch.Tensor) -> torch.Tensor:
+        for k, layer in enumerate(self.layers[: self.finetuning_depth]):
+            y = self.dropout(nn.functional.gelu(layer(x)))
+            x = y if k == 0 else x + y
+        return self.pre_decoder_norm(nn.functional.gelu(self.pre_decoder(x))) + x
+
+    def forward(self, mixed, positions=None):
+        body = self._body(mixed, positions)  # (G, L, H)
+        g, length, h = body.shape
+        keys = self.instance_keys.to(body.dtype)[None, :, None, :].expand(g, -1, length, -1)
+        x = torch.cat([keys, body[:, None].expand(-1, self.num_instances, -1, -1)], dim=-1)
+        return self._finetuning(x) if self.finetuning_path else self._pretraining(x)
+
+    def select(self, mixed, instance_ids):
+        body = self._body(mixed, None)
+        keys = self.instance_keys.to(body.dtype)[instance_ids]  # (G, L, H)
+        return self._pretraining(torch.cat([keys, body], dim=-1))
 
 
 __all__ = ["DEMULTIPLEXERS", "Demultiplexer", "register_demultiplexer", "build_demultiplexer"]

@@ -66,4 +66,42 @@ class ReplacedTokenDetectionHead(nn.Module):
         return self.dense_prediction(self.act(self.dense(token_states))).squeeze(-1)
 
 
-__all__ = ["VocabularyHead", "SequenceClassificationHead", "TokenClassificationHead", "ReplacedTokenDetectionHead"]
+class LegacyUntransformedVocabularyHead(VocabularyHead):
+    """``legacy_untransformed_vocab_head``: the original `index` MLM / retrieval head projects the
+    demultiplexed state straight onto the vocabulary (no dense, activation or LayerNorm)."""
+
+    def __init__(self, config, embedding_size: int | None = None):
+        nn.Module.__init__(self)  # none of VocabularyHead's transform layers
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(hidden_states)
+
+
+class LegacyLinearClassificationHead(TokenClassificationHead):
+    """``legacy_linear_classifier``: the original sequence classifier, dropout then one linear layer on the
+    demultiplexed first-token state (no dense + tanh pooler)."""
+
+
+def build_vocabulary_head(config, embedding_size: int | None = None) -> VocabularyHead:
+    """The MLM / retrieval head of `config` (the legacy untransformed one for converted `index` checkpoints)."""
+    if getattr(config, "legacy_untransformed_vocab_head", False):
+        return LegacyUntransformedVocabularyHead(config, embedding_size)
+    return VocabularyHead(config, embedding_size)
+
+
+def build_sequence_classification_head(config) -> nn.Module:
+    """The sequence classification head of `config` (the legacy linear one for converted checkpoints)."""
+    if getattr(config, "legacy_linear_classifier", False):
+        return LegacyLinearClassificationHead(config)
+    return SequenceClassificationHead(config)
+
+
+__all__ = [
+    "VocabularyHead",
+    "SequenceClassificationHead",
+    "TokenClassificationHead",
+    "ReplacedTokenDetectionHead",
+    "build_vocabulary_head",
+    "build_sequence_classification_head",
+]

@@ -17,8 +17,19 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 
 from .configuration_mux_bert import MuxBertConfig
 from .demultiplexing import build_demultiplexer
-from .heads import SequenceClassificationHead, TokenClassificationHead, VocabularyHead
-from .modeling_mux_utils import MultiplexedEncoderMixin, MuxTaskMixin, init_mux_module, pad_rows
+from .heads import (
+    TokenClassificationHead,
+    VocabularyHead,
+    build_sequence_classification_head,
+    build_vocabulary_head,
+)
+from .modeling_mux_utils import (
+    LegacyInputRewrite,
+    MultiplexedEncoderMixin,
+    MuxTaskMixin,
+    init_mux_module,
+    pad_rows,
+)
 from .modeling_outputs import MuxModelOutput, MuxTaskOutput
 from .multiplexing import build_multiplexer
 
@@ -66,6 +77,19 @@ class MuxPreTrainedMixin:
             self.config.auto_map = dict(self.mux_auto_map)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        """Hook of transformers' `push_to_hub`, which calls it on the temporary folder it saved the model
+        to, right after writing a generic README.md there. With the mux-plms package installed, that
+        README is replaced by the generated MUX model card; without it (remote-code users) it is kept.
+        The import is optional so these files keep importing nothing outside this folder."""
+        try:
+            from mux_plms.hub.card import write_push_card
+        except ImportError:
+            write_push_card = None
+        if write_push_card is not None:
+            write_push_card(working_dir, repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
+
 
 class MuxBertPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
     config: MuxBertConfig
@@ -107,6 +131,7 @@ class MuxBertModel(MultiplexedEncoderMixin, MuxBertPreTrainedModel):
         self.multiplexer = build_multiplexer(config)
         self.encoder = BertEncoder(config)
         self.demultiplexer = build_demultiplexer(config)
+        self.legacy_inputs = LegacyInputRewrite.from_config(config, self.demultiplexer.prefix_length())
         self.post_init()
 
     def get_input_embeddings(self):
@@ -165,7 +190,7 @@ class MuxBertTaskModel(MuxTaskMixin, MuxBertPreTrainedModel):
     def __init__(self, config: MuxBertConfig):
         super().__init__(config)
         self.bert = MuxBertModel(config)
-        self.retrieval_head = VocabularyHead(config)
+        self.retrieval_head = build_vocabulary_head(config)
 
     @property
     def mux_base(self) -> MuxBertModel:
@@ -234,7 +259,7 @@ class MuxBertForMaskedLM(MuxBertTaskModel):
 
     def __init__(self, config: MuxBertConfig):
         super().__init__(config)
-        self.lm_head = VocabularyHead(config)
+        self.lm_head = build_vocabulary_head(config)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -272,6 +297,7 @@ class MuxBertForMaskedLM(MuxBertTaskModel):
             states = self.bert.demultiplex(mixed, batch)
             if labels is not None:
                 self.check_token_labels(labels, states.shape[:2])
+                labels = batch.ignore_truncated(labels)  # legacy_prefix_truncate only
             if logits_at_labels_only and labels is not None:
                 selected = labels != -100
                 logits = self.lm_head(states[selected])
@@ -292,7 +318,7 @@ class MuxBertForSequenceClassification(MuxBertTaskModel):
     def __init__(self, config: MuxBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.classifier = SequenceClassificationHead(config)
+        self.classifier = build_sequence_classification_head(config)
         self.post_init()
 
     def forward(
@@ -315,7 +341,8 @@ class MuxBertForSequenceClassification(MuxBertTaskModel):
         mixed, batch, hidden_states = self._run(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
         )
-        first = torch.zeros(1, dtype=torch.long, device=mixed.device)
+        # the first input position (the legacy prefix's [CLS] slot for converted checkpoints)
+        first = torch.full((1,), self.bert.demultiplexer.sequence_position(), dtype=torch.long, device=mixed.device)
         states = self.bert.demultiplex(mixed, batch, first)[:, 0]  # only the position the head reads
         logits = self.classifier(states)
         task_loss = self.sequence_classification_loss(logits, labels) if labels is not None else None

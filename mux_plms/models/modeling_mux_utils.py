@@ -15,7 +15,14 @@ from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import initialization as init
 
-from .demultiplexing import Demultiplexer, MLPDemultiplexer, PrefixDemultiplexer, RSADemultiplexer
+from .demultiplexing import (
+    Demultiplexer,
+    LegacyRSADemultiplexer,
+    MLPDemultiplexer,
+    PrefixDemultiplexer,
+    RSADemultiplexer,
+)
+from .modeling_outputs import MuxModelOutput, MuxTaskOutput
 from .multiplexing import Multiplexer, fix_empty_rows
 
 
@@ -29,6 +36,7 @@ class MuxBatch:
     prefix_length: int
     input_ids: torch.Tensor | None  # (padded, prefix + L), prefix included
     attention_mask: torch.Tensor  # (padded, prefix + L), prefix positions are 1
+    truncated_positions: int = 0  # trailing input positions dropped by legacy_prefix_truncate
 
     @property
     def num_groups(self) -> int:
@@ -37,6 +45,58 @@ class MuxBatch:
     @property
     def seq_length(self) -> int:
         return self.attention_mask.shape[1] - self.prefix_length
+
+    def ignore_truncated(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """`labels` with the positions dropped by ``legacy_prefix_truncate`` set to -100 (never predicted)."""
+        if labels is None or not self.truncated_positions:
+            return labels
+        labels = labels.clone()
+        labels[:, -self.truncated_positions :] = -100
+        return labels
+
+
+class LegacyInputRewrite:
+    """Input rewrites of the original implementation (``legacy_*`` options), applied by
+    :meth:`MultiplexedEncoderMixin.prepare_mux_batch` before internal padding and the prefix.
+
+    * ``legacy_rsa_cls_token_id``: position 0 of every input becomes this token;
+    * ``legacy_ignore_token_type_ids``: ``token_type_ids`` are dropped (every position gets type 0);
+    * ``legacy_prefix_truncate``: the last `prefix length` positions are dropped, so that prefix + input
+      keep the input's length.
+    """
+
+    def __init__(self, cls_token_id: int | None, ignore_token_type_ids: bool, truncate: int):
+        self.cls_token_id = cls_token_id
+        self.ignore_token_type_ids = ignore_token_type_ids
+        self.truncate = truncate
+
+    @classmethod
+    def from_config(cls, config, prefix_length: int) -> LegacyInputRewrite | None:
+        """The rewrite `config` asks for, or None (every option off: nothing runs per forward)."""
+        truncate = prefix_length if getattr(config, "legacy_prefix_truncate", False) else 0
+        cls_token_id = getattr(config, "legacy_rsa_cls_token_id", None)
+        ignore_token_type_ids = getattr(config, "legacy_ignore_token_type_ids", False)
+        if cls_token_id is None and not ignore_token_type_ids and not truncate:
+            return None
+        return cls(cls_token_id, ignore_token_type_ids, truncate)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids):
+        if self.cls_token_id is not None and input_ids is not None:
+            input_ids = input_ids.clone()
+            input_ids[:, 0] = self.cls_token_id
+        if self.ignore_token_type_ids:
+            token_type_ids = None
+        if self.truncate:
+            keep = attention_mask.shape[1] - self.truncate
+            if keep < 1:
+                raise ValueError(
+                    f"legacy_prefix_truncate drops the last {self.truncate} positions of every input; inputs of "
+                    f"length {attention_mask.shape[1]} would keep none"
+                )
+            input_ids, attention_mask, token_type_ids = (
+                t if t is None else t[:, :keep] for t in (input_ids, attention_mask, token_type_ids)
+            )
+        return input_ids, attention_mask, token_type_ids
 
 
 def pad_rows(tensor: torch.Tensor | None, rows: int, value) -> torch.Tensor | None:
@@ -57,6 +117,7 @@ class MultiplexedEncoderMixin:
 
     multiplexer: Multiplexer
     demultiplexer: Demultiplexer
+    legacy_inputs: LegacyInputRewrite | None = None  # set by converted (legacy) models only
 
     def prepare_mux_batch(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
         """Pad the batch to a multiple of N, prepend the demultiplexer's prefix, check lengths."""
@@ -76,6 +137,10 @@ class MultiplexedEncoderMixin:
             raise ValueError(
                 f"attention_mask must have shape {(batch_size, seq_length)}, got {tuple(attention_mask.shape)}"
             )
+        truncated = 0
+        if self.legacy_inputs is not None:
+            input_ids, attention_mask, token_type_ids = self.legacy_inputs(input_ids, attention_mask, token_type_ids)
+            truncated, seq_length = seq_length - attention_mask.shape[1], attention_mask.shape[1]
         prefix_length = self.demultiplexer.prefix_length()
         total = prefix_length + seq_length
         limit = self.config.max_position_embeddings
@@ -104,7 +169,7 @@ class MultiplexedEncoderMixin:
                 token_type_ids = torch.cat([token_type_ids.new_zeros(padded, prefix_length), token_type_ids], dim=1)
             if position_ids is not None:
                 raise ValueError("position_ids cannot be combined with the `prefix` demultiplexer")
-        batch = MuxBatch(batch_size, padded, n, prefix_length, input_ids, attention_mask)
+        batch = MuxBatch(batch_size, padded, n, prefix_length, input_ids, attention_mask, truncated)
         return batch, input_ids, token_type_ids, position_ids, inputs_embeds
 
     def multiplex_encode(
@@ -135,8 +200,10 @@ class MultiplexedEncoderMixin:
     def demultiplex(self, mixed: torch.Tensor, batch: MuxBatch, positions: torch.Tensor | None = None):
         """Per-instance states ``(batch_size, L_sel, H)`` (internal padding rows dropped)."""
         states = self.demultiplexer(mixed, positions)  # (G, N, L_sel, H)
-        states = states.reshape(batch.padded_size, *states.shape[2:])
-        return states[: batch.batch_size]
+        states = states.reshape(batch.padded_size, *states.shape[2:])[: batch.batch_size]
+        if batch.truncated_positions and positions is None:  # legacy_prefix_truncate: zeros, back to input length
+            states = nn.functional.pad(states, (0, 0, 0, batch.truncated_positions))
+        return states
 
 
 def default_retrieval_instance_ids(num_groups: int, seq_length: int, num_instances: int, device) -> torch.Tensor:
@@ -248,8 +315,208 @@ def init_mux_module(module: nn.Module, std: float) -> None:
         module.reset_keys()
     if isinstance(module, PrefixDemultiplexer):
         init.copy_(module.prefix_token_ids, module.make_prefix_ids())  # non-persistent: rebuilt after meta init
-    if isinstance(module, RSADemultiplexer):
+    if isinstance(module, (RSADemultiplexer, LegacyRSADemultiplexer)):
         init.normal_(module.instance_keys, mean=0.0, std=1.0)
     if isinstance(module, MLPDemultiplexer):
         init.normal_(module.weight, mean=0.0, std=std)
         init.zeros_(module.bias)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Backbone-agnostic models. A family (BERT, ELECTRA, ...) combines these mixins with its own
+# `PreTrainedModel` subclass, which builds the modules; the forward passes below never name a backbone.
+
+
+class MultiplexedBaseModelMixin(MultiplexedEncoderMixin):
+    """``forward`` of a multiplexed base model: demultiplexed per-instance states ``(batch, seq_len, hidden)``,
+    a drop-in for `BertModel` / `ElectraModel`'s ``last_hidden_state``."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MuxModelOutput | tuple:
+        mixed, batch, hidden_states = self.multiplex_encode(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, bool(output_hidden_states)
+        )
+        output = MuxModelOutput(
+            last_hidden_state=self.demultiplex(mixed, batch),
+            mixed_hidden_state=mixed,
+            hidden_states=hidden_states,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MuxTaskModelMixin(MuxTaskMixin):
+    """Plumbing shared by every task model of every family: run the multiplexed base model, add the
+    retrieval loss, build the `MuxTaskOutput`, ensembled inference.
+
+    Requires ``self.mux_base`` (the base model), ``self.retrieval_head`` and ``self.config``."""
+
+    def _run(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states):
+        return self.mux_base.multiplex_encode(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, bool(output_hidden_states)
+        )
+
+    def _output(self, logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict):
+        retrieval_loss = retrieval_logits = None
+        if self.wants_retrieval_loss(labels, retrieval_instance_ids):
+            retrieval_loss, retrieval_logits = self.retrieval_loss(mixed, batch, retrieval_instance_ids)
+        output = MuxTaskOutput(
+            loss=self.combine_losses(task_loss, retrieval_loss),
+            logits=logits,
+            task_loss=task_loss,
+            retrieval_loss=retrieval_loss,
+            retrieval_logits=retrieval_logits,
+            hidden_states=hidden_states,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    @torch.no_grad()
+    def forward_ensemble(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs) -> torch.Tensor:
+        """Ensembled inference: every example visits each of the N slots of its mux group once
+        (N passes over the batch, i.e. about one un-multiplexed pass per example) and its N logits
+        are averaged. Returns the averaged logits, one row per input, in input order."""
+        n = self.config.num_instances
+        reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        batch_size = reference.shape[0]
+        groups = (batch_size + n - 1) // n
+        rows = groups * n - batch_size
+        pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        tensors = {
+            "input_ids": pad_rows(input_ids, rows, pad_id),
+            "attention_mask": pad_rows(attention_mask, rows, 0),
+            "token_type_ids": pad_rows(token_type_ids, rows, 0),
+            "inputs_embeds": pad_rows(kwargs.pop("inputs_embeds", None), rows, 0.0),
+        }
+        base = torch.arange(groups, device=reference.device)[:, None] * n
+        total = None
+        for shift in range(n):
+            order = (base + (torch.arange(n, device=reference.device) + shift) % n).reshape(-1)
+            inputs = {k: v[order] for k, v in tensors.items() if v is not None}
+            logits = self(**inputs, **kwargs).logits
+            restored = torch.empty_like(logits)
+            restored[order] = logits
+            total = restored if total is None else total + restored
+        return (total / n)[:batch_size]
+
+
+class MuxMaskedLMMixin(MuxTaskModelMixin):
+    """``forward`` of a masked-LM task model (requires ``self.lm_head``): MLM over the demultiplexed states
+    plus the auxiliary token-retrieval loss. With ``task_loss_coeff = 0`` and no labels it is the stage-1
+    token-retrieval model (no MLM head computed)."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        retrieval_instance_ids: torch.Tensor | None = None,
+        logits_at_labels_only: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MuxTaskOutput | tuple:
+        r"""
+        labels: MLM targets ``(batch, seq_len)``, -100 where no prediction is asked.
+        retrieval_instance_ids: ``(ceil(batch / N), seq_len)``: which instance of each mux group is asked
+            for its token at each position by the retrieval loss (default: ``(group + position) mod N``).
+        logits_at_labels_only: with labels, return logits only at labelled positions, packed as
+            ``(num_labelled, vocab)`` in row-major order (saves the vocabulary projection elsewhere).
+        """
+        mixed, batch, hidden_states = self._run(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
+        )
+        logits = task_loss = None
+        if self.config.task_loss_coeff > 0 or labels is not None:
+            states = self.mux_base.demultiplex(mixed, batch)
+            if labels is not None:
+                self.check_token_labels(labels, states.shape[:2])
+                labels = batch.ignore_truncated(labels)  # legacy_prefix_truncate only
+            if logits_at_labels_only and labels is not None:
+                selected = labels != -100
+                logits = self.lm_head(states[selected])
+                if selected.any():
+                    task_loss = CrossEntropyLoss()(logits, labels[selected])
+                else:
+                    task_loss = logits.sum() * 0.0
+            else:
+                logits = self.lm_head(states)
+                if labels is not None:
+                    task_loss = CrossEntropyLoss()(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)
+
+
+class MuxSequenceClassificationMixin(MuxTaskModelMixin):
+    """``forward`` of a sequence classification / regression model (requires ``self.classifier``) on each
+    instance's demultiplexed first-token state."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        retrieval_instance_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MuxTaskOutput | tuple:
+        r"""
+        labels: ``(batch,)`` class ids (single-label), ``(batch, num_labels)`` floats (multi-label), or
+            ``(batch,)`` floats for regression (``num_labels == 1``).
+        """
+        mixed, batch, hidden_states = self._run(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
+        )
+        # the first input position (the legacy prefix's [CLS] slot for converted checkpoints)
+        first = torch.full((1,), self.mux_base.demultiplexer.sequence_position(), dtype=torch.long, device=mixed.device)
+        states = self.mux_base.demultiplex(mixed, batch, first)[:, 0]  # only the position the head reads
+        logits = self.classifier(states)
+        task_loss = self.sequence_classification_loss(logits, labels) if labels is not None else None
+        return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)
+
+
+class MuxTokenClassificationMixin(MuxTaskModelMixin):
+    """``forward`` of a token classification model (requires ``self.classifier``) on every demultiplexed
+    token state."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        retrieval_instance_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MuxTaskOutput | tuple:
+        r"""
+        labels: ``(batch, seq_len)`` class ids, -100 where no prediction is asked (padding, sub-words).
+        """
+        mixed, batch, hidden_states = self._run(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
+        )
+        states = self.mux_base.demultiplex(mixed, batch)
+        logits = self.classifier(states)
+        task_loss = None
+        if labels is not None:
+            self.check_token_labels(labels, logits.shape[:2])
+            task_loss = CrossEntropyLoss()(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)

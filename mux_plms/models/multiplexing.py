@@ -36,8 +36,11 @@ def register_multiplexer(name: str):
 
 def build_multiplexer(config, hidden_size: int | None = None) -> Multiplexer:
     """Instantiate the multiplexer named by ``config.muxing_variant`` working at width `hidden_size`."""
+    name = config.muxing_variant
+    if getattr(config, "legacy_contextual", None) is not None:
+        name = f"legacy_{name}"  # a converted original checkpoint (LegacyContextualMultiplexer)
     try:
-        cls = MULTIPLEXERS[config.muxing_variant]
+        cls = MULTIPLEXERS[name]
     except KeyError:
         raise ValueError(
             f"muxing_variant must be one of {', '.join(MULTIPLEXERS)}; got {config.muxing_variant!r}"
@@ -168,27 +171,50 @@ class ContextualMultiplexer(GaussianHadamardMultiplexer):
         self.instance_layer = BertLayer(layer_config)
         self.cross_instance_layer = BertLayer(layer_config)
 
+    def instance_mask(self, flat: torch.Tensor, mask: torch.Tensor):
+        """Mask of the within-instance layer over `flat` ``(G*N, L, D)`` from the padding `mask` ``(G*N, L)``.
+        A row with no real entry (an empty instance) attends everywhere: its output is padding."""
+        return create_bidirectional_mask(
+            config=self.layer_config, inputs_embeds=flat, attention_mask=fix_empty_rows(mask)
+        )
+
+    def cross_instance_mask(self, across: torch.Tensor, mask: torch.Tensor):
+        """Mask of the cross-instance layer over `across` ``(G*L, N, D)`` from `mask` ``(G*L, N)``: the same rule."""
+        return self.instance_mask(across, mask)
+
     def forward(self, embeddings, attention_mask):
         g, n, length, d = embeddings.shape
         flat = embeddings.reshape(g * n, length, d)
-        mask = create_bidirectional_mask(
-            config=self.layer_config,
-            inputs_embeds=flat,
-            attention_mask=fix_empty_rows(attention_mask.reshape(g * n, length)),
-        )
-        contextual = self.instance_layer(flat, mask) + flat
+        contextual = self.instance_layer(flat, self.instance_mask(flat, attention_mask.reshape(g * n, length))) + flat
         keyed = contextual.view(g, n, length, d) * self.instance_keys.to(embeddings.dtype)[None, :, None, :]
         across = keyed.permute(0, 2, 1, 3).reshape(g * length, n, d)
-        if self.config.legacy_embed_mixture:
-            across_mask = None  # the original attends across all instances, padding included
-        else:
-            across_mask = create_bidirectional_mask(
-                config=self.layer_config,
-                inputs_embeds=across,
-                attention_mask=fix_empty_rows(attention_mask.permute(0, 2, 1).reshape(g * length, n)),
-            )
+        across_mask = self.cross_instance_mask(across, attention_mask.permute(0, 2, 1).reshape(g * length, n))
         mixed = self.cross_instance_layer(across, across_mask) + across
         return mixed.view(g, length, n, d).mean(dim=2)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The original implementation's attention mask: ``(1 - mask) * dtype_min``, shape ``(rows, 1, 1, len)``.
+    A row with no real entry attends uniformly to all of them (every score is shifted by the same amount)."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+@register_multiplexer("legacy_contextual")
+class LegacyContextualMultiplexer(ContextualMultiplexer):
+    """The original `gaussian_attention_v2` multiplexer, built instead of `contextual` when
+    ``config.legacy_contextual`` is set (converted checkpoints). Same weights and computation; only the
+    masks differ: additive masks throughout, and the original MLM model (``legacy_contextual="mlm"``)
+    runs the cross-instance layer without any mask, padding included."""
+
+    def __init__(self, config, hidden_size: int):
+        super().__init__(config, hidden_size)
+        self.mask_across_instances = config.legacy_contextual == "task"
+
+    def instance_mask(self, flat, mask):
+        return additive_mask(mask, flat.dtype)
+
+    def cross_instance_mask(self, across, mask):
+        return additive_mask(mask, across.dtype) if self.mask_across_instances else None
 
 
 __all__ = ["MULTIPLEXERS", "Multiplexer", "register_multiplexer", "build_multiplexer"]
