@@ -13,6 +13,11 @@ from transformers import (
 )
 
 from .models import (
+    MuxAlbertConfig,
+    MuxAlbertForMaskedLM,
+    MuxAlbertForSequenceClassification,
+    MuxAlbertForTokenClassification,
+    MuxAlbertModel,
     MuxBertConfig,
     MuxBertForMaskedLM,
     MuxBertForSequenceClassification,
@@ -24,8 +29,6 @@ from .models import (
     MuxElectraForSequenceClassification,
     MuxElectraForTokenClassification,
     MuxElectraModel,
-    MuxVisionConfig,
-    MuxVisionForImageClassification,
     MuxLstmConfig,
     MuxLstmForMaskedLM,
     MuxLstmForSequenceClassification,
@@ -36,11 +39,8 @@ from .models import (
     MuxRobertaForSequenceClassification,
     MuxRobertaForTokenClassification,
     MuxRobertaModel,
-    MuxAlbertConfig,
-    MuxAlbertForMaskedLM,
-    MuxAlbertForSequenceClassification,
-    MuxAlbertForTokenClassification,
-    MuxAlbertModel,
+    MuxVisionConfig,
+    MuxVisionForImageClassification,
 )
 
 AUTO_CLASSES = {
