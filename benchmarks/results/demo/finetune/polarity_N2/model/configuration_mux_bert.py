@@ -1,0 +1,228 @@
+"""Configuration of MUX-BERT: every `BertConfig` field plus the multiplexing fields.
+
+The multiplexing fields live in :class:`MultiplexingConfigMixin` so that every backbone
+(BERT, ELECTRA, ...) declares and validates them the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from huggingface_hub.dataclasses import strict
+from transformers import BertConfig
+
+MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "contextual")
+DEMUXING_VARIANTS = ("rsa", "prefix", "mlp")
+
+# Outputs that `Trainer.predict` must not collect next to the logits.
+MUX_KEYS_TO_IGNORE_AT_INFERENCE = [
+    "task_loss",
+    "retrieval_loss",
+    "retrieval_logits",
+    "mixed_hidden_state",
+    "hidden_states",
+    "attentions",
+]
+
+
+@dataclass(repr=False)
+class MultiplexingConfigMixin:
+    """Fields shared by every multiplexed backbone.
+
+    Args:
+        num_instances: N, the number of inputs mixed into one backbone row (>= 1).
+        muxing_variant: how N embedded sequences are mixed: one of ``MUXING_VARIANTS``.
+        demuxing_variant: how the mixed hidden states are split back: one of ``DEMUXING_VARIANTS``.
+        num_hidden_demux_layers: depth of the demultiplexer MLP (>= 1).
+        gaussian_hadamard_norm: L2 norm of each Gaussian instance key.
+        binary_hadamard_epsilon: overlap (fraction of a chunk, in [0, 1]) of the binary keys.
+        learn_muxing: train the multiplexer's instance keys (otherwise they are fixed buffers).
+        retrieval_loss_coeff: weight of the auxiliary token-retrieval loss.
+        task_loss_coeff: weight of the task loss (0 gives the stage-1 token-retrieval model).
+        muxing_seed: seed of the fixed instance keys (they are saved in the checkpoint as well).
+        prefix_filler_token_id: vocabulary id of the filler token of the `prefix` demultiplexer.
+        prefix_index_token_ids: vocabulary ids of the N index tokens (default: ids 2 .. N+1, the
+            `[unused*]` tokens of the BERT vocabulary).
+        legacy_*: reproduce quirks of the original implementation (princeton-nlp/datamux-pretraining).
+            Set by ``mux_plms.convert_legacy_checkpoint``, all off by default, never useful for new models
+            (docs/legacy-checkpoints.md):
+
+            - ``legacy_embed_mixture``: the mixture re-enters the embedding layer (position and
+              token-type embeddings and the embedding LayerNorm applied a second time) and the encoder
+              runs without an attention mask.
+            - ``legacy_demux``: the original `index_pos` demultiplexer (needs ``demuxing_variant="rsa"``,
+              ``num_hidden_demux_layers >= 2``): ``"pretraining"`` is the path of the original MLM /
+              retrieval head (key first, ``dense_1 → gelu → layer_norm_1 → dense_2 → gelu →
+              layer_norm_2``); ``"finetuning"`` the path of its task models (``dense_k → gelu →
+              dropout``, residual from the second layer on, for k < ``num_hidden_demux_layers``, then
+              ``pre_decoder → gelu → pre_decoder_layer_norm`` plus a residual). The retrieval loss
+              always takes the pre-training path.
+            - ``legacy_contextual``: the original `gaussian_attention_v2` multiplexer's masks (needs
+              ``muxing_variant="contextual"``): additive masks in which a fully padded row attends
+              uniformly; the cross-instance layer is unmasked in ``"mlm"`` (the original MLM model)
+              and masked in ``"task"`` (its classification models).
+            - ``legacy_prefix_cls_token_id``: the `prefix` demultiplexer appends this token ([CLS] 101
+              in the original) after the N index slots, and sequence classification reads the
+              state at that slot.
+            - ``legacy_prefix_truncate``: the original MLM model keeps the length of its inputs when
+              it prepends the prefix, dropping their last ``prefix length`` tokens (their states,
+              logits and labels are ignored; the states are returned as zeros).
+            - ``legacy_rsa_cls_token_id``: the original `index_pos` models overwrite position 0 of
+              every input with this token ([CLS] 101).
+            - ``legacy_ignore_token_type_ids``: the original classification models ignore
+              ``token_type_ids`` (every position gets type 0).
+            - ``legacy_linear_classifier``: sequence classification is one linear layer (after
+              dropout) on the demultiplexed state, without the dense + tanh pooler.
+            - ``legacy_untransformed_vocab_head``: the vocabulary heads (MLM, retrieval) project the
+              demultiplexed state straight onto the vocabulary, without dense + activation + LayerNorm
+              (the original `index` heads).
+    """
+
+    num_instances: int = 2
+    muxing_variant: str = "contextual"
+    demuxing_variant: str = "prefix"
+    num_hidden_demux_layers: int = 2
+    gaussian_hadamard_norm: float | int = 1.0
+    binary_hadamard_epsilon: float | int = 0.0
+    learn_muxing: bool = False
+    retrieval_loss_coeff: float | int = 0.0
+    task_loss_coeff: float | int = 1.0
+    muxing_seed: int = 0
+    prefix_filler_token_id: int = 1
+    prefix_index_token_ids: list[int] | None = None
+    # Legacy options (DESIGN.md section 4, docs/legacy-checkpoints.md); all off by default.
+    legacy_embed_mixture: bool = False
+    legacy_demux: str | None = None
+    legacy_contextual: str | None = None
+    legacy_prefix_cls_token_id: int | None = None
+    legacy_prefix_truncate: bool = False
+    legacy_rsa_cls_token_id: int | None = None
+    legacy_ignore_token_type_ids: bool = False
+    legacy_linear_classifier: bool = False
+    legacy_untransformed_vocab_head: bool = False
+
+    def validate_multiplexing(self) -> None:
+        """Raise `ValueError` naming the field and the allowed values."""
+        validate_multiplexing_fields(self)
+
+    @property
+    def resolved_prefix_index_token_ids(self) -> list[int]:
+        if self.prefix_index_token_ids is not None:
+            return list(self.prefix_index_token_ids)
+        return list(range(2, 2 + self.num_instances))
+
+
+def validate_multiplexing_fields(config) -> None:
+    """Check every multiplexing field of `config`; raise `ValueError` on the first bad one."""
+    n = config.num_instances
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_instances must be an integer >= 1, got {n!r}")
+    if config.muxing_variant not in MUXING_VARIANTS:
+        raise ValueError(
+            f"muxing_variant must be one of {', '.join(MUXING_VARIANTS)}; got {config.muxing_variant!r}"
+        )
+    if config.demuxing_variant not in DEMUXING_VARIANTS:
+        raise ValueError(
+            f"demuxing_variant must be one of {', '.join(DEMUXING_VARIANTS)}; got {config.demuxing_variant!r}"
+        )
+    if config.num_hidden_demux_layers < 1:
+        raise ValueError(f"num_hidden_demux_layers must be >= 1, got {config.num_hidden_demux_layers}")
+    if not 0.0 <= config.binary_hadamard_epsilon <= 1.0:
+        raise ValueError(f"binary_hadamard_epsilon must lie in [0, 1], got {config.binary_hadamard_epsilon}")
+    if config.gaussian_hadamard_norm <= 0:
+        raise ValueError(f"gaussian_hadamard_norm must be > 0, got {config.gaussian_hadamard_norm}")
+    if config.retrieval_loss_coeff < 0 or config.task_loss_coeff < 0:
+        raise ValueError(
+            "retrieval_loss_coeff and task_loss_coeff must be >= 0, got "
+            f"{config.retrieval_loss_coeff} and {config.task_loss_coeff}"
+        )
+    if config.retrieval_loss_coeff == 0 and config.task_loss_coeff == 0:
+        raise ValueError("retrieval_loss_coeff and task_loss_coeff cannot both be 0: the loss would be empty")
+    if config.demuxing_variant == "prefix":
+        ids = config.resolved_prefix_index_token_ids
+        if len(ids) != n:
+            raise ValueError(
+                f"prefix_index_token_ids must hold num_instances={n} ids, got {len(ids)}: {ids}"
+            )
+        vocab = config.vocab_size
+        special = {"prefix_filler_token_id": [config.prefix_filler_token_id], "prefix_index_token_ids": ids}
+        if config.legacy_prefix_cls_token_id is not None:
+            special["legacy_prefix_cls_token_id"] = [config.legacy_prefix_cls_token_id]
+        for name, values in special.items():
+            bad = [v for v in values if not 0 <= v < vocab]
+            if bad:
+                raise ValueError(
+                    f"{name} must be vocabulary ids in [0, vocab_size={vocab}); got {bad}. "
+                    "Pick ids of tokens inside the vocabulary (for BERT vocabularies, the [unused*] ids)."
+                )
+        if config.prefix_filler_token_id in ids:
+            raise ValueError("prefix_filler_token_id must differ from every prefix_index_token_ids entry")
+    validate_legacy_fields(config)
+
+
+LEGACY_DEMUX_PATHS = ("pretraining", "finetuning")
+LEGACY_CONTEXTUAL_MODES = ("mlm", "task")
+
+
+def validate_legacy_fields(config) -> None:
+    """Check the ``legacy_*`` options: allowed values and the variants each one belongs to."""
+    if config.legacy_demux is not None:
+        if config.legacy_demux not in LEGACY_DEMUX_PATHS:
+            raise ValueError(
+                f"legacy_demux must be None or one of {', '.join(LEGACY_DEMUX_PATHS)}; got {config.legacy_demux!r}"
+            )
+        if config.demuxing_variant != "rsa" or config.num_hidden_demux_layers < 2:
+            raise ValueError(
+                "legacy_demux reproduces the original `index_pos` demultiplexer: it needs demuxing_variant='rsa' "
+                f"and num_hidden_demux_layers >= 2, got {config.demuxing_variant!r} and {config.num_hidden_demux_layers}"
+            )
+    if config.legacy_contextual is not None:
+        if config.legacy_contextual not in LEGACY_CONTEXTUAL_MODES:
+            raise ValueError(
+                f"legacy_contextual must be None or one of {', '.join(LEGACY_CONTEXTUAL_MODES)}; "
+                f"got {config.legacy_contextual!r}"
+            )
+        if config.muxing_variant != "contextual":
+            raise ValueError(f"legacy_contextual needs muxing_variant='contextual', got {config.muxing_variant!r}")
+    if config.demuxing_variant != "prefix" and (
+        config.legacy_prefix_cls_token_id is not None or config.legacy_prefix_truncate
+    ):
+        raise ValueError(
+            "legacy_prefix_cls_token_id and legacy_prefix_truncate belong to the `prefix` demultiplexer; "
+            f"demuxing_variant is {config.demuxing_variant!r}"
+        )
+    if config.legacy_rsa_cls_token_id is not None:
+        if config.demuxing_variant != "rsa":
+            raise ValueError(f"legacy_rsa_cls_token_id needs demuxing_variant='rsa', got {config.demuxing_variant!r}")
+        if not 0 <= config.legacy_rsa_cls_token_id < config.vocab_size:
+            raise ValueError(
+                f"legacy_rsa_cls_token_id must be a vocabulary id in [0, vocab_size={config.vocab_size}); "
+                f"got {config.legacy_rsa_cls_token_id}"
+            )
+
+
+@strict
+class MuxBertConfig(BertConfig, MultiplexingConfigMixin):
+    r"""Configuration of a multiplexed BERT (MUX-BERT).
+
+    All `BertConfig` fields plus those of :class:`MultiplexingConfigMixin`. The default pairing is the
+    design card's: the ``contextual`` multiplexer with the ``prefix`` demultiplexer, at N = 2.
+
+    Example:
+
+    ```python
+    >>> from mux_plms import MuxBertConfig, MuxBertForSequenceClassification
+    >>> config = MuxBertConfig(num_instances=5, muxing_variant="gaussian_hadamard", demuxing_variant="rsa")
+    >>> model = MuxBertForSequenceClassification(config)
+    ```
+    """
+
+    model_type = "mux_bert"
+    keys_to_ignore_at_inference = MUX_KEYS_TO_IGNORE_AT_INFERENCE
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        validate_multiplexing_fields(self)
+
+
+__all__ = ["MuxBertConfig", "MultiplexingConfigMixin", "MUXING_VARIANTS", "DEMUXING_VARIANTS"]

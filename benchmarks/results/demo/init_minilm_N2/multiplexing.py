@@ -1,0 +1,220 @@
+"""Multiplexers: mix N embedded sequences into one.
+
+Every multiplexer maps embeddings of shape ``(G, N, L, D)`` (G mux groups of N instances) and the
+instances' attention masks ``(G, N, L)`` to one mixture of shape ``(G, L, D)``. Variants are small
+classes registered by name in :data:`MULTIPLEXERS`; models look them up with
+:func:`build_multiplexer` instead of branching on the variant.
+
+Fixed instance keys are drawn from a generator seeded with ``config.muxing_seed``: they are
+persistent buffers (saved in the checkpoint), re-drawn identically by ``reset_keys`` when a model is
+built on the meta device, and trainable parameters only when ``config.learn_muxing`` is set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.models.bert.modeling_bert import BertLayer
+
+MULTIPLEXERS: dict[str, type[Multiplexer]] = {}
+
+
+def register_multiplexer(name: str):
+    """Class decorator adding a multiplexer to :data:`MULTIPLEXERS` under `name`."""
+
+    def wrap(cls):
+        cls.variant = name
+        MULTIPLEXERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_multiplexer(config, hidden_size: int | None = None) -> Multiplexer:
+    """Instantiate the multiplexer named by ``config.muxing_variant`` working at width `hidden_size`."""
+    name = config.muxing_variant
+    if getattr(config, "legacy_contextual", None) is not None:
+        name = f"legacy_{name}"  # a converted original checkpoint (LegacyContextualMultiplexer)
+    try:
+        cls = MULTIPLEXERS[name]
+    except KeyError:
+        raise ValueError(
+            f"muxing_variant must be one of {', '.join(MULTIPLEXERS)}; got {config.muxing_variant!r}"
+        ) from None
+    return cls(config, hidden_size or config.hidden_size)
+
+
+def fix_empty_rows(mask: torch.Tensor) -> torch.Tensor:
+    """Let rows with no real token attend everywhere (avoids NaN softmax; their outputs are padding)."""
+    mask = mask.bool()
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+class Multiplexer(nn.Module):
+    """Base class: ``forward(embeddings (G, N, L, D), attention_mask (G, N, L)) -> (G, L, D)``."""
+
+    variant: str = ""
+
+    def __init__(self, config, hidden_size: int):
+        super().__init__()
+        self.num_instances = config.num_instances
+        self.hidden_size = hidden_size
+
+    def reset_keys(self) -> None:
+        """Re-draw the fixed keys from the seed (called by the model's ``_init_weights``)."""
+
+    def forward(self, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class KeyedMultiplexer(Multiplexer):
+    """A multiplexer with one fixed (or learnable) key per instance, stored as ``instance_keys``."""
+
+    def __init__(self, config, hidden_size: int):
+        super().__init__(config, hidden_size)
+        self.seed = config.muxing_seed
+        self.config = config
+        keys = self.make_keys(self._generator())
+        if config.learn_muxing:
+            self.instance_keys = nn.Parameter(keys)
+        else:
+            self.register_buffer("instance_keys", keys, persistent=True)
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator(device="cpu").manual_seed(self.seed)
+
+    def make_keys(self, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reset_keys(self) -> None:
+        if getattr(self.instance_keys, "_is_hf_initialized", False):
+            return  # loaded from a checkpoint: never re-drawn
+        keys = self.make_keys(self._generator())
+        self.instance_keys.copy_(keys.to(self.instance_keys.device, self.instance_keys.dtype))
+
+
+def gaussian_keys(n: int, d: int, norm: float, generator: torch.Generator) -> torch.Tensor:
+    keys = torch.randn(n, d, generator=generator, device="cpu")
+    return keys / keys.norm(dim=1, keepdim=True) * norm
+
+
+@register_multiplexer("gaussian_hadamard")
+class GaussianHadamardMultiplexer(KeyedMultiplexer):
+    """Elementwise product with a fixed Gaussian key of norm ``gaussian_hadamard_norm``, then the mean."""
+
+    def make_keys(self, generator):
+        return gaussian_keys(self.num_instances, self.hidden_size, self.config.gaussian_hadamard_norm, generator)
+
+    def forward(self, embeddings, attention_mask):
+        # einsum avoids materialising the N-fold product before the reduction.
+        return torch.einsum("gnld,nd->gld", embeddings, self.instance_keys.to(embeddings.dtype)) / self.num_instances
+
+
+@register_multiplexer("binary_hadamard")
+class BinaryHadamardMultiplexer(GaussianHadamardMultiplexer):
+    """Each instance keeps its own chunk of the hidden dimensions (chunks overlap by ``epsilon``)."""
+
+    def make_keys(self, generator):
+        n, d = self.num_instances, self.hidden_size
+        chunk = d // n
+        overlap = int(self.config.binary_hadamard_epsilon / 2 * chunk)
+        keys = torch.zeros(n, d)
+        for i in range(n):
+            start = max(i * chunk - overlap, 0)
+            end = d if i == n - 1 else min((i + 1) * chunk + overlap, d)
+            keys[i, start:end] = 1.0
+        return keys
+
+
+@register_multiplexer("random_ortho")
+class RandomOrthogonalMultiplexer(KeyedMultiplexer):
+    """A fixed random orthogonal matrix per instance; the mixture is the sum divided by sqrt(N)."""
+
+    def make_keys(self, generator):
+        d = self.hidden_size
+        gaussian = torch.randn(self.num_instances, d, d, generator=generator, device="cpu", dtype=torch.float64)
+        q, r = torch.linalg.qr(gaussian)
+        # Sign correction makes Q Haar-distributed (and deterministic for a given seed).
+        q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+        return q.float()
+
+    def forward(self, embeddings, attention_mask):
+        keys = self.instance_keys.to(embeddings.dtype)
+        return torch.einsum("nde,gnle->gld", keys, embeddings) / math.sqrt(self.num_instances)
+
+
+@register_multiplexer("contextual")
+class ContextualMultiplexer(GaussianHadamardMultiplexer):
+    """The MUX-PLMs contextual multiplexer.
+
+    1. a Transformer layer within each instance (over positions), plus a residual;
+    2. Hadamard product with the instance's Gaussian key;
+    3. a Transformer layer across the N instances at each position, plus a residual;
+    4. the mean over instances.
+    """
+
+    def __init__(self, config, hidden_size: int):
+        super().__init__(config, hidden_size)
+        # Share the model's config (so attention-implementation switches reach these layers) unless
+        # the multiplexer works at another width (e.g. ELECTRA's embedding size).
+        if hidden_size == config.hidden_size:
+            layer_config = config
+        else:
+            layer_config = copy.deepcopy(config)
+            layer_config.hidden_size = hidden_size
+        self.layer_config = layer_config
+        self.instance_layer = BertLayer(layer_config)
+        self.cross_instance_layer = BertLayer(layer_config)
+
+    def instance_mask(self, flat: torch.Tensor, mask: torch.Tensor):
+        """Mask of the within-instance layer over `flat` ``(G*N, L, D)`` from the padding `mask` ``(G*N, L)``.
+        A row with no real entry (an empty instance) attends everywhere: its output is padding."""
+        return create_bidirectional_mask(
+            config=self.layer_config, inputs_embeds=flat, attention_mask=fix_empty_rows(mask)
+        )
+
+    def cross_instance_mask(self, across: torch.Tensor, mask: torch.Tensor):
+        """Mask of the cross-instance layer over `across` ``(G*L, N, D)`` from `mask` ``(G*L, N)``: the same rule."""
+        return self.instance_mask(across, mask)
+
+    def forward(self, embeddings, attention_mask):
+        g, n, length, d = embeddings.shape
+        flat = embeddings.reshape(g * n, length, d)
+        contextual = self.instance_layer(flat, self.instance_mask(flat, attention_mask.reshape(g * n, length))) + flat
+        keyed = contextual.view(g, n, length, d) * self.instance_keys.to(embeddings.dtype)[None, :, None, :]
+        across = keyed.permute(0, 2, 1, 3).reshape(g * length, n, d)
+        across_mask = self.cross_instance_mask(across, attention_mask.permute(0, 2, 1).reshape(g * length, n))
+        mixed = self.cross_instance_layer(across, across_mask) + across
+        return mixed.view(g, length, n, d).mean(dim=2)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The original implementation's attention mask: ``(1 - mask) * dtype_min``, shape ``(rows, 1, 1, len)``.
+    A row with no real entry attends uniformly to all of them (every score is shifted by the same amount)."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+@register_multiplexer("legacy_contextual")
+class LegacyContextualMultiplexer(ContextualMultiplexer):
+    """The original `gaussian_attention_v2` multiplexer, built instead of `contextual` when
+    ``config.legacy_contextual`` is set (converted checkpoints). Same weights and computation; only the
+    masks differ: additive masks throughout, and the original MLM model (``legacy_contextual="mlm"``)
+    runs the cross-instance layer without any mask, padding included."""
+
+    def __init__(self, config, hidden_size: int):
+        super().__init__(config, hidden_size)
+        self.mask_across_instances = config.legacy_contextual == "task"
+
+    def instance_mask(self, flat, mask):
+        return additive_mask(mask, flat.dtype)
+
+    def cross_instance_mask(self, across, mask):
+        return additive_mask(mask, across.dtype) if self.mask_across_instances else None
+
+
+__all__ = ["MULTIPLEXERS", "Multiplexer", "register_multiplexer", "build_multiplexer"]

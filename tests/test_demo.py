@@ -1,0 +1,156 @@
+"""`mux-plms demo --quick`: the table, results.json, plots, model cards, resuming and the stage-2 kill case."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mux_plms import demo
+from mux_plms.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_demo(out: Path, *extra: str) -> int:
+    return main(["demo", "--quick", "--threads", "1", "--output-dir", str(out), *extra])
+
+
+def log_entries(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / demo.LOG_FILE).read_text().splitlines()]
+
+
+def mtimes(folder: Path, pattern: str) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.glob(pattern))}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert run_demo(out) == 0
+    return out
+
+
+# ------------------------------------------------------------------------------------------ unit
+def test_parse_instances():
+    assert demo.parse_instances("5,2,2") == [2, 5]
+    with pytest.raises(argparse.ArgumentTypeError, match="integers >= 2"):
+        demo.parse_instances("1,2")
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
+        demo.parse_instances("two")
+
+
+def test_bad_task_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="--tasks must be a comma-separated subset of polarity, wnut16"):
+        run_demo(tmp_path, "--tasks", "sst2")
+
+
+def test_markdown_table_values():
+    rows = [
+        {"task": "polarity", "num_instances": 1, "metric": "accuracy", "value": 0.8, "instances_per_second": 100.0,
+         "speedup": 1.0, "quality_cost_points": 0.0},
+        {"task": "polarity", "num_instances": 2, "metric": "accuracy", "value": 0.77, "instances_per_second": 190.0,
+         "speedup": 1.9, "quality_cost_points": 3.0},
+    ]  # fmt: skip
+    lines = demo.markdown_table(rows).splitlines()
+    assert lines[2] == "| polarity | 1 | accuracy | 80.0 | 100.0 | 1.00x | +0.0 |"
+    assert lines[3] == "| polarity | 2 | accuracy | 77.0 | 190.0 | 1.90x | +3.0 |"
+
+
+# ------------------------------------------------------------------------------------------ quick run
+@pytest.mark.slow
+def test_quick_run_outputs(quick_run):
+    out = quick_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == demo.SCHEMA_VERSION
+    assert results["num_instances"] == [1, 2, 5]
+    assert results["tasks"] == ["polarity", "wnut16"]
+    assert set(results["pretraining"]) == {"2", "5"}
+    for stages in results["pretraining"].values():
+        assert [s["stage"] for s in stages] == ["retrieval", "mlm"]
+        assert all(s["steps"] == demo.RECIPES["quick"].pretrain_steps for s in stages)
+    rows = results["rows"]
+    assert [(r["task"], r["num_instances"]) for r in rows] == [
+        (t, n) for t in ("polarity", "wnut16") for n in (1, 2, 5)
+    ]
+    for row in rows:
+        assert set(row) == {"task", "num_instances", "metric", "value", "instances_per_second", "speedup",
+                            "quality_cost_points", "model_dir"}  # fmt: skip
+        assert row["metric"] == demo.TASK_METRIC[row["task"]]
+        assert 0.0 <= row["value"] <= 1.0
+        assert row["instances_per_second"] > 0
+        base = next(r for r in rows if r["task"] == row["task"] and r["num_instances"] == 1)
+        assert row["speedup"] == pytest.approx(row["instances_per_second"] / base["instances_per_second"])
+        assert row["quality_cost_points"] == pytest.approx(100 * (base["value"] - row["value"]))
+        throughput = results["throughput"][row["task"]]
+        # same backbone rows for every N: N inputs per row
+        assert throughput["batch_size"][str(row["num_instances"])] == throughput["backbone_rows"] * row["num_instances"]
+        assert all(len(t) == demo.RECIPES["quick"].bench_repeats for t in throughput["times_s"].values())
+
+    table = (out / "results.md").read_text().splitlines()
+    body = [line for line in table if line.startswith("| polarity") or line.startswith("| wnut16")]
+    assert len(body) == 6
+    assert body[0].startswith("| polarity | 1 | accuracy |") and body[0].endswith("| 1.00x | +0.0 |")
+
+    for name in ("quality_vs_throughput.png", "throughput_vs_n.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert results["plots"] == ["quality_vs_throughput.png", "throughput_vs_n.png"]
+
+    assert len(results["model_cards"]) == 6
+    for row in rows:
+        card = out / row["model_dir"] / "README.md"
+        assert card.is_file()
+        record = json.loads((out / row["model_dir"] / "training_record.json").read_text())
+        assert record["eval_results"][0]["value"] == pytest.approx(row["value"])
+        assert record["throughput"]["samples_per_second"] == pytest.approx(row["instances_per_second"])
+        names = [s["name"] for s in record["stages"]]
+        assert names == (["finetune"] if row["num_instances"] == 1 else ["retrieval", "mlm", "finetune"])
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages(quick_run):
+    out = quick_run
+    before = mtimes(out, "**/done.json") | mtimes(out, "pretrain_N*/stage*/training_record.json")
+    before |= mtimes(out, "throughput_*.json")
+    logged = len(log_entries(out))
+    assert run_demo(out) == 0
+    new = log_entries(out)[logged:]
+    assert new and all(e["action"] == "skip (finished)" for e in new)
+    assert {e["stage"] for e in new} == {"pretrain N=2", "pretrain N=5", "throughput polarity", "throughput wnut16"} | {
+        f"finetune {t} N={n}" for t in ("polarity", "wnut16") for n in (1, 2, 5)
+    }
+    after = mtimes(out, "**/done.json") | mtimes(out, "pretrain_N*/stage*/training_record.json")
+    after |= mtimes(out, "throughput_*.json")
+    assert after == before and len(before) == 6 + 1 + 4 + 2  # fine-tuned, tiny init, stage records, throughput
+
+
+@pytest.mark.slow
+def test_kill_during_stage2_does_not_redo_stage1(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ("--num-instances", "2", "--tasks", "polarity")
+    # The test hook stops right after stage 1, as a kill during stage 2 would (stage 2 folder empty / partial).
+    assert run_demo(out, *args, "--stop-after-stage1") == 0
+    stage1 = out / "pretrain_N2" / "stage1_retrieval" / "training_record.json"
+    stage2 = out / "pretrain_N2" / "stage2_mlm" / "training_record.json"
+    assert stage1.is_file() and not stage2.exists()
+    stage1_entry = json.loads(stage1.read_text())
+    stage1_mtime = stage1.stat().st_mtime_ns
+    # leftovers of an interrupted stage 2 (an incomplete checkpoint) must not break the resume
+    partial = stage2.parent / "checkpoints" / "step_2"
+    partial.mkdir(parents=True)
+    (partial / "garbage.bin").write_bytes(b"x")
+    capsys.readouterr()
+
+    assert run_demo(out, *args) == 0
+    printed = capsys.readouterr().out
+    assert "Stage 1 (retrieval) already finished" in printed
+    assert stage1.stat().st_mtime_ns == stage1_mtime
+    record = json.loads(stage2.read_text())
+    assert [e["stage"] for e in record] == ["retrieval", "mlm"]
+    assert record[0] == stage1_entry[0]  # stage 2 started from the untouched stage 1 folder
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["task"], r["num_instances"]) for r in results["rows"]] == [("polarity", 1), ("polarity", 2)]
+    assert os.path.isfile(out / "finetune" / "polarity_N2" / "model" / "README.md")

