@@ -188,14 +188,33 @@ class MultiplexedEncoderMixin:
         batch, input_ids, token_type_ids, position_ids, inputs_embeds = self.prepare_mux_batch(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds
         )
-        embeddings = self.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
         g, n = batch.num_groups, batch.num_instances
-        length = embeddings.shape[1]
         mask = batch.attention_mask
-        mixture = self.multiplexer(embeddings.view(g, n, length, -1), mask.view(g, n, length))
+        length = mask.shape[1]
+        if self.multiplexer.streaming:
+            # Embed and mix one instance slot at a time: the N-fold embeddings never exist.
+            mixture = None
+            for index in range(n):
+                slot = self._instance_slot(index, g, input_ids, token_type_ids, position_ids, inputs_embeds)
+                mixture = self.multiplexer(self.embed(*slot), None, index=index, mixture=mixture)
+        else:
+            embeddings = self.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
+            mixture = self.multiplexer(embeddings.view(g, n, length, -1), mask.view(g, n, length))
         union_mask = fix_empty_rows(mask.view(g, n, length).any(dim=1)).long()
         mixed, hidden_states = self.encode(mixture, union_mask, output_hidden_states)
         return mixed, batch, hidden_states
+
+    @staticmethod
+    def _instance_slot(index, num_groups, input_ids, token_type_ids, position_ids, inputs_embeds):
+        """The rows of instance slot `index` of every mux group (rows ``kN + index``) of each input."""
+
+        def rows(t):
+            return None if t is None else t.view(num_groups, -1, *t.shape[1:])[:, index]
+
+        padded = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        if position_ids is not None and position_ids.shape[0] == padded:
+            position_ids = rows(position_ids)
+        return rows(input_ids), rows(token_type_ids), position_ids, rows(inputs_embeds)
 
     def demultiplex(self, mixed: torch.Tensor, batch: MuxBatch, positions: torch.Tensor | None = None):
         """Per-instance states ``(batch_size, L_sel, H)`` (internal padding rows dropped)."""

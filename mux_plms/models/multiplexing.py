@@ -55,7 +55,12 @@ def fix_empty_rows(mask: torch.Tensor) -> torch.Tensor:
 
 
 class Multiplexer(nn.Module):
-    """Base class: ``forward(embeddings (G, N, L, D), attention_mask (G, N, L)) -> (G, L, D)``."""
+    """Base class: ``forward(embeddings (G, N, L, D), attention_mask (G, N, L)) -> (G, L, D)``.
+
+    A *streaming* multiplexer (``streaming = True``: the mixture is a sum of per-instance terms) also
+    accepts one instance slot at a time, ``forward(slot (G, L, D), None, index=i, mixture=running)``,
+    so the model can embed and mix slot by slot and never hold the N-fold embeddings. Both calls go
+    through ``nn.Module.__call__``, so forward hooks (profiling, user hooks) see either path."""
 
     variant: str = ""
 
@@ -67,7 +72,23 @@ class Multiplexer(nn.Module):
     def reset_keys(self) -> None:
         """Re-draw the fixed keys from the seed (called by the model's ``_init_weights``)."""
 
-    def forward(self, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        *,
+        index: int | None = None,
+        mixture: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    #: True when the mixture is a sum of per-instance terms: the model may then embed and mix one
+    #: instance slot at a time (:meth:`accumulate`), never holding the N-fold embeddings.
+    streaming: bool = False
+
+    def accumulate(self, mixture: torch.Tensor | None, embedded: torch.Tensor, index: int) -> torch.Tensor:
+        """Add instance slot `index`'s embeddings ``(G, L, D)`` to the running `mixture` (None at first);
+        after the last slot the result equals ``forward`` of the stacked embeddings."""
         raise NotImplementedError
 
 
@@ -110,9 +131,22 @@ class GaussianHadamardMultiplexer(KeyedMultiplexer):
     def make_keys(self, generator):
         return gaussian_keys(self.num_instances, self.hidden_size, self.config.gaussian_hadamard_norm, generator)
 
-    def forward(self, embeddings, attention_mask):
-        # einsum avoids materialising the N-fold product before the reduction.
-        return torch.einsum("gnld,nd->gld", embeddings, self.instance_keys.to(embeddings.dtype)) / self.num_instances
+    streaming = True
+
+    def forward(self, embeddings, attention_mask, *, index=None, mixture=None):
+        if index is not None:  # one slot (G, L, D) added to the running mixture
+            return self.accumulate(mixture, embeddings, index)
+        mixture = None
+        for slot in range(self.num_instances):
+            mixture = self.accumulate(mixture, embeddings[:, slot], slot)
+        return mixture
+
+    def accumulate(self, mixture, embedded, index):
+        # One fused multiply-add per instance: reads each embedding once and never builds the N-fold
+        # product (an einsum over "gnld,nd->gld" lowers to a permuted copy plus a degenerate bmm on CPU,
+        # 40x slower at N=10).
+        key = self.instance_keys[index].to(embedded.dtype) / self.num_instances
+        return embedded * key if mixture is None else mixture.addcmul(embedded, key)
 
 
 @register_multiplexer("binary_hadamard")
@@ -182,15 +216,30 @@ class ContextualMultiplexer(GaussianHadamardMultiplexer):
         """Mask of the cross-instance layer over `across` ``(G*L, N, D)`` from `mask` ``(G*L, N)``: the same rule."""
         return self.instance_mask(across, mask)
 
+    streaming = False  # the cross-instance layer needs every instance at once
+
     def forward(self, embeddings, attention_mask):
+        # Both layers run in N chunks, each the size of one mixture, so their activations (attention
+        # scores, the 4H feed-forward states) are never N-fold: peak memory per instance falls with N.
         g, n, length, d = embeddings.shape
-        flat = embeddings.reshape(g * n, length, d)
-        contextual = self.instance_layer(flat, self.instance_mask(flat, attention_mask.reshape(g * n, length))) + flat
-        keyed = contextual.view(g, n, length, d) * self.instance_keys.to(embeddings.dtype)[None, :, None, :]
-        across = keyed.permute(0, 2, 1, 3).reshape(g * length, n, d)
-        across_mask = self.cross_instance_mask(across, attention_mask.permute(0, 2, 1).reshape(g * length, n))
-        mixed = self.cross_instance_layer(across, across_mask) + across
-        return mixed.view(g, length, n, d).mean(dim=2)
+        keys = self.instance_keys.to(embeddings.dtype)
+        # 1-2. Within each instance, one instance slot (G rows) at a time, written straight into the
+        # (G, L, N, D) layout the cross-instance layer reads (no permuted copy).
+        across = embeddings.new_empty(g, length, n, d)
+        for index in range(n):
+            x = embeddings[:, index]
+            contextual = self.instance_layer(x, self.instance_mask(x, attention_mask[:, index])) + x
+            across[:, :, index] = contextual * keys[index]
+        # 3-4. Across the instances at every position, in N chunks of about G*L/N positions.
+        across = across.view(g * length, n, d)
+        across_padding = attention_mask.permute(0, 2, 1).reshape(g * length, n)
+        chunk = -(-g * length // n)
+        mixed = []
+        for start in range(0, g * length, chunk):
+            part = across[start : start + chunk]
+            mask = self.cross_instance_mask(part, across_padding[start : start + chunk])
+            mixed.append((self.cross_instance_layer(part, mask) + part).mean(dim=1))
+        return torch.cat(mixed).view(g, length, d)
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
