@@ -1,11 +1,12 @@
-"""Before/after numbers of `benchmarks/proposed_core_changes.diff` (a patch of `mux_plms/models/`).
+"""Before/after numbers of `benchmarks/core_changes.diff`, the memory change of `mux_plms/models/`
+(Hadamard mixing streamed slot by slot; the contextual multiplexer's layers run in N chunks).
 
-The script copies `mux_plms/models/` into a temporary package, applies the diff there (the tree is left
-untouched), checks that patched and unpatched models compute the same outputs (same seed, same weights),
-then times vanilla BERT, the unpatched and the patched MUX model interleaved, and measures the peak
-forward memory of each in fresh subprocesses (as `mux-plms bench` does).
+The change is in the tree ("after"). The script copies `mux_plms/models/` into a temporary package and
+reverse-applies the diff there to rebuild "before" (the tree is left untouched), checks that both compute
+the same outputs (same seed, same weights), then times vanilla BERT, "before" and "after" interleaved,
+and measures the peak forward memory of each in fresh subprocesses (as `mux-plms bench` does).
 
-    python benchmarks/proposed_core_changes.py --rows 4 --threads 1 --output benchmarks/results/proposed_core_changes
+    python benchmarks/core_changes.py --rows 4 --threads 1 --output benchmarks/results/core_changes
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from mux_plms.bench.memory import CHILD_MALLOC_ENV, cpu_forward_peak
 from mux_plms.bench.models import make_forward, make_inputs
 
 HERE = Path(__file__).resolve().parent
-DIFF = HERE / "proposed_core_changes.diff"
-PACKAGE = "mux_models_patched"
+DIFF = HERE / "core_changes.diff"
+PACKAGE = "mux_models_before"
 MIB = 2**20
 DEFAULT_CASES = [
     ("sequence", "gaussian_hadamard", "rsa", 10),
@@ -39,14 +40,14 @@ DEFAULT_CASES = [
 ]
 
 
-def patched_models(workdir: Path):
-    """Import a copy of `mux_plms/models/` with the diff applied, as the package ``mux_models_patched``."""
+def models_before(workdir: Path):
+    """Import a copy of `mux_plms/models/` with the diff reversed, as the package ``mux_models_before``."""
     import mux_plms.models
 
     target = workdir / PACKAGE
     if not target.exists():
         shutil.copytree(Path(mux_plms.models.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__"))
-        subprocess.run(["patch", "-s", "-p3", "-d", str(target), "-i", str(DIFF)], check=True)
+        subprocess.run(["patch", "-s", "-R", "-p3", "-d", str(target), "-i", str(DIFF)], check=True)
     sys.path.insert(0, str(workdir))
     return importlib.import_module(PACKAGE)
 
@@ -55,7 +56,7 @@ def build(case: BenchCase, side: str, settings: RunSettings, workdir: Path):
     """side: vanilla | before | after."""
     if side == "vanilla":
         return build_model(case, "vanilla", settings)[0]
-    return build_model(case, "mux", settings, patched_models(workdir) if side == "after" else None)[0]
+    return build_model(case, "mux", settings, models_before(workdir) if side == "before" else None)[0]
 
 
 def child() -> None:
@@ -167,7 +168,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "proposed_core_changes")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "core_changes")
     args = parser.parse_args()
     payload = run(args)
     args.output.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
