@@ -296,3 +296,28 @@ def test_committed_example_card_is_what_the_code_generates():
     assert module.render(example) == (example / "README.md").read_text(encoding="utf-8")
     card = ModelCard.load(example / "README.md")
     assert card.data.eval_results[0].metric_value == TrainingRecord.load(example).eval_results[0].value
+
+
+def test_card_of_a_pretraining_output_folder_reads_its_stage_list(tmp_path):
+    """`mux-plms pretrain` saves training_record.json as a list of stage entries: the card reads it."""
+    model_dir = save(MuxBertForMaskedLM, tmp_path / "stage2_mlm", num_instances=2)
+    entries = [
+        {"stage": "retrieval", "stage_index": 1, "steps": 150, "data": {"corpus": "ptb", "block_size": 32},
+         "final_metrics": {"retrieval_accuracy": 0.74, "retrieval_tokens": 2048.0, "note": "text"}},
+        {"stage": "mlm", "stage_index": 2, "steps": 100,
+         "data": {"dataset_name": "wikitext", "dataset_config_name": "wikitext-103-raw-v1"},
+         "final_metrics": {"mlm_accuracy": 0.31}},
+    ]  # fmt: skip
+    (model_dir / "training_record.json").write_text(json.dumps(entries))
+    record = TrainingRecord.load(model_dir)
+    assert [(s.name, s.steps, s.data) for s in record.stages] == [
+        ("retrieval", 150, "ptb"),
+        ("mlm", 100, "wikitext (wikitext-103-raw-v1)"),
+    ]
+    assert record.stages[0].metrics == {"retrieval_accuracy": 0.74, "retrieval_tokens": 2048.0}
+    assert record.datasets == ["wikitext"]
+    card = render_model_card(model_dir)
+    assert "No training record" not in card.text
+    assert "retrieval" in card.text and "150" in card.text and "wikitext-103-raw-v1" in card.text
+    with pytest.raises(ValueError, match="entry 0 must be a JSON object with a 'stage' key"):
+        TrainingRecord.from_dict([{"steps": 3}])

@@ -263,8 +263,36 @@ class TrainingRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> TrainingRecord:
+    def from_dict(cls, data: dict | list) -> TrainingRecord:
+        """A record from its JSON form; a list is the pre-training format (see :meth:`from_pretraining`)."""
+        if isinstance(data, list):
+            return cls.from_pretraining(data)
         return _from_mapping(cls, data, "training record")
+
+    @classmethod
+    def from_pretraining(cls, entries: list[dict]) -> TrainingRecord:
+        """The record of a ``mux-plms pretrain`` output folder: its ``training_record.json`` is a list of stage
+        entries (``stage``, ``steps``, ``data``, ``final_metrics``, ...), oldest first. Each becomes a
+        :class:`TrainingStage` (numeric final metrics kept; the data described by corpus, Hub data set or
+        files)."""
+        stages = []
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "stage" not in entry:
+                raise ValueError(f"pre-training record entry {index} must be a JSON object with a 'stage' key")
+            data = entry.get("data") or {}
+            described = data.get("corpus") or data.get("dataset_name") or data.get("train_file") or ""
+            if data.get("dataset_config_name"):
+                described += f" ({data['dataset_config_name']})"
+            metrics = {
+                k: float(v)
+                for k, v in (entry.get("final_metrics") or {}).items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and v == v
+            }
+            stages.append(TrainingStage(str(entry["stage"]), int(entry.get("steps", 0)), str(described), metrics))
+        datasets = [s for s in dict.fromkeys(
+            (e.get("data") or {}).get("dataset_name") for e in entries if isinstance(e, dict)
+        ) if s]  # fmt: skip
+        return cls(stages=stages, datasets=datasets)
 
     @staticmethod
     def path_in(directory_or_file: str | os.PathLike) -> Path:
