@@ -20,14 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 DEFAULT_OUTPUT = "outputs/demo"
-MUXING, DEMUXING = "gaussian_hadamard", "rsa"
+# Binary keys (each instance owns a slice of the hidden dimensions) suit a warm start: every slice of a
+# pre-trained embedding still identifies its token, so token retrieval starts learning at once. Measured:
+# with Gaussian keys the MiniLM warm start sat at the unigram loss (6.3) for 90 steps at N=2; with binary
+# keys it fell to 2.7 by step 62 (benchmarks/results/demo/README.md).
+MUXING, DEMUXING = "binary_hadamard", "rsa"
+# MUX sentence heads read the mean of each instance's demultiplexed token states (see Demo.finetune).
+SEQUENCE_POOLING = "mean"
 TASKS = ("polarity", "wnut16")
 TASK_METRIC = {"polarity": "accuracy", "wnut16": "f1"}
 TASK_KIND = {"polarity": "text-classification", "wnut16": "token-classification"}
@@ -53,7 +61,7 @@ class Recipe:
     pretrain_steps: int  # per stage
     pretrain_lr: float
     finetune_rows: int  # mux rows per fine-tuning step (rows * N sequences)
-    finetune_epochs: float
+    finetune_steps: int  # the same for every N: the same backbone work and wall time per model
     finetune_lr: float
     max_seq_length: int
     polarity_train: int
@@ -70,15 +78,15 @@ RECIPES = {
         ptb_train_lines=6000,
         ptb_valid_lines=300,
         block_size=32,
-        pretrain_rows=8,
-        pretrain_steps=40,
-        pretrain_lr=2e-4,
+        pretrain_rows=16,
+        pretrain_steps=120,
+        pretrain_lr=5e-4,
         finetune_rows=8,
-        finetune_epochs=1.0,
+        finetune_steps=200,
         finetune_lr=1e-4,
         max_seq_length=40,
-        polarity_train=1200,
-        wnut_train=800,
+        polarity_train=3200,
+        wnut_train=1915,
         eval_examples=400,
         bench_rows=16,
         bench_repeats=5,
@@ -93,7 +101,7 @@ RECIPES = {
         pretrain_steps=4,
         pretrain_lr=1e-3,
         finetune_rows=4,
-        finetune_epochs=1.0,
+        finetune_steps=20,
         finetune_lr=1e-3,
         max_seq_length=24,
         polarity_train=80,
@@ -130,7 +138,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model and data: a first look in about a minute")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="independent stages run in this many worker processes, each with threads/jobs torch threads "
+        "(default: 2 when the machine has 2 or more cores). Throughput is always measured alone.",
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed of every stage")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=None, help="steps of each pre-training stage (default: the recipe's)"
+    )
+    parser.add_argument(
+        "--finetune-steps", type=int, default=None, help="fine-tuning steps of every model (default: the recipe's)"
+    )
     # Test hook: stop right after pre-training stage 1 of the first N (simulates a kill during stage 2).
     parser.add_argument("--stop-after-stage1", action="store_true", help=argparse.SUPPRESS)
 
@@ -144,8 +165,17 @@ def run(args: argparse.Namespace) -> int:
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
         raise ValueError(f"--tasks must be a comma-separated subset of {', '.join(TASKS)}, got {args.tasks!r}")
-    demo = Demo(Path(args.output_dir), RECIPES["quick" if args.quick else "default"], args.num_instances, tasks,
-                args.seed)  # fmt: skip
+    jobs = args.jobs if args.jobs is not None else min(2, os.cpu_count() or 1)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    recipe = RECIPES["quick" if args.quick else "default"]
+    for flag, field_name in (("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps")):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+            recipe = replace(recipe, **{field_name: value})
+    demo = Demo(Path(args.output_dir), recipe, args.num_instances, tasks, args.seed, jobs=jobs, threads=args.threads)
     try:
         demo.run(stop_after_stage1=args.stop_after_stage1)
     except KeyboardInterrupt:
@@ -155,6 +185,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ============================================================================================ helpers
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: a kill of the demo process must not leave workers training in the background. On
+    Linux the kernel is asked to SIGTERM this worker when the demo dies; a demo that died while this worker
+    was starting (before the request) is caught by comparing the parent pid."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _run_in_worker(spec: dict, threads: int, method: str, args: tuple) -> None:
+    """One stage of :meth:`Demo.in_parallel` in a worker process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    getattr(Demo(**spec), method)(*args)
 
 
 def minilm_dir() -> Path:
@@ -185,8 +239,10 @@ def _write_json(path: Path, data: Any) -> None:
 class Demo:
     """One demo run into ``root``; every stage checks its marker first and is skipped when done."""
 
-    def __init__(self, root: Path, recipe: Recipe, ns: list[int], tasks: list[str], seed: int = 42):
+    def __init__(self, root: Path, recipe: Recipe, ns: list[int], tasks: list[str], seed: int = 42,
+                 jobs: int = 1, threads: int | None = None):  # fmt: skip
         self.root, self.recipe, self.ns, self.tasks, self.seed = root, recipe, list(ns), list(tasks), seed
+        self.jobs, self.threads = jobs, threads
         self.all_ns = [1] + [n for n in self.ns if n != 1]
         self.root.mkdir(parents=True, exist_ok=True)
         self._tokenizer = None
@@ -210,24 +266,76 @@ class Demo:
         return minilm_dir()  # the bert-base-uncased vocabulary, for both backbones
 
     # ---------------------------------------------------------------------------------- the run
+    def check_recipe(self) -> None:
+        """Refuse to resume a folder made with another recipe or seed: its finished stages would be skipped and
+        mixed silently with stages of the new one."""
+        path = self.root / "recipe.json"
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        wanted = {"recipe": asdict(self.recipe), "seed": self.seed}
+        changed = sorted(
+            k for k in set(saved.get("recipe", {})) | set(wanted["recipe"])
+            if saved.get("recipe", {}).get(k) != wanted["recipe"].get(k)
+        ) + (["seed"] if saved.get("seed") != self.seed else [])  # fmt: skip
+        if changed:
+            details = ", ".join(
+                f"{k}: {saved.get('recipe', {}).get(k, saved.get(k))!r} -> {wanted['recipe'].get(k, wanted.get(k))!r}"
+                for k in changed
+            )
+            raise ValueError(
+                f"{self.root} holds a demo run with another recipe ({details}); its finished stages would be "
+                "reused. Use another --output-dir, or delete the folder to start over."
+            )
+
     def run(self, stop_after_stage1: bool = False) -> dict:
         started = time.time()
+        self.check_recipe()
         _write_json(self.root / "recipe.json", {"recipe": asdict(self.recipe), "num_instances": self.ns,
                                                 "tasks": self.tasks, "seed": self.seed})  # fmt: skip
         self.prepare_ptb()
         init = self.baseline_init()
-        for n in self.ns:
-            self.pretrain(n, stop_after_stage1)
-            if stop_after_stage1:
-                self.log("demo", "stopped after stage 1 (test hook)")
-                return {}
-        for task in self.tasks:
-            for n in self.all_ns:
-                source = init if n == 1 else self.root / f"pretrain_N{n}" / "stage2_mlm"
-                self.finetune(task, n, source)
+        if stop_after_stage1:
+            self.pretrain(self.ns[0], stop_after_stage1=True)
+            self.log("demo", "stopped after stage 1 (test hook)")
+            return {}
+        self.in_parallel([("pretrain", (n,)) for n in self.ns])
+        self.in_parallel([
+            ("finetune", (task, n, init if n == 1 else self.root / f"pretrain_N{n}" / "stage2_mlm"))
+            for task in self.tasks for n in self.all_ns
+        ])  # fmt: skip
+        for task in self.tasks:  # alone, in this process: timings must not share the cores with training
             self.measure_throughput(task)
         results = self.report(time.time() - started)
         return results
+
+    def in_parallel(self, calls: list[tuple[str, tuple]]) -> None:
+        """Run independent stages (``(method name, args)``; each writes its own folder and marker) in
+        ``self.jobs`` worker processes, or here when there is one job or one call. A failing stage re-raises
+        here; Ctrl-C stops every worker (finished stages stay finished)."""
+        if self.jobs <= 1 or len(calls) <= 1:
+            for method, args in calls:
+                getattr(self, method)(*args)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (self.threads or os.cpu_count() or 1) // self.jobs)
+        spec = {"root": self.root, "recipe": self.recipe, "ns": self.ns, "tasks": self.tasks, "seed": self.seed}
+        pool = ProcessPoolExecutor(
+            min(self.jobs, len(calls)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        )
+        try:
+            futures = [pool.submit(_run_in_worker, spec, threads, method, args) for method, args in calls]
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
     # ---------------------------------------------------------------------------------- data
     def prepare_ptb(self) -> tuple[Path, Path]:
@@ -400,7 +508,10 @@ class Demo:
         train, valid, features = self._task_data(task)
         label_names = features["label"].names if task == "polarity" else features["ner_tags"].feature.names
         # N=1: the vanilla encoder itself (the same recipe without multiplexing); N>1: the stage-2 MUX checkpoint.
-        model_args = MuxModelArguments(model_name_or_path=str(source))
+        # MUX sentence heads read the mean of each instance's demultiplexed token states: stages 1-2 trained the
+        # token states (retrieval, MLM), never the first token, and MiniLM itself was trained with mean pooling.
+        pooling = SEQUENCE_POOLING if n > 1 and task == "polarity" else None
+        model_args = MuxModelArguments(model_name_or_path=str(source), sequence_pooling=pooling)
         info = inspect_checkpoint(model_args)
         head = "sequence" if task == "polarity" else "token"
         torch.manual_seed(self.seed)
@@ -409,8 +520,7 @@ class Demo:
         columns = ["input_ids", "token_type_ids", "attention_mask", "labels"]
         features_train = train.select_columns([c for c in columns if c in train.column_names]).to_list()
         batch_size = r.finetune_rows * n
-        steps_per_epoch = math.ceil(len(features_train) / batch_size)
-        total = max(1, math.ceil(r.finetune_epochs * steps_per_epoch))
+        total = r.finetune_steps
         optimizer = torch.optim.AdamW(model.parameters(), lr=r.finetune_lr, weight_decay=0.01)
         scheduler = get_scheduler("linear", optimizer, num_warmup_steps=max(1, total // 10), num_training_steps=total)
         generator = torch.Generator().manual_seed(self.seed)

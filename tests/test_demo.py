@@ -15,8 +15,8 @@ from mux_plms.cli import main
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_demo(out: Path, *extra: str) -> int:
-    return main(["demo", "--quick", "--threads", "1", "--output-dir", str(out), *extra])
+def run_demo(out: Path, *extra: str, jobs: int = 1) -> int:
+    return main(["demo", "--quick", "--threads", "1", "--jobs", str(jobs), "--output-dir", str(out), *extra])
 
 
 def log_entries(out: Path) -> list[dict]:
@@ -30,7 +30,7 @@ def mtimes(folder: Path, pattern: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert run_demo(out) == 0
+    assert run_demo(out, jobs=2) == 0  # two worker processes: the parallel path of the default run
     return out
 
 
@@ -41,6 +41,30 @@ def test_parse_instances():
         demo.parse_instances("1,2")
     with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
         demo.parse_instances("two")
+
+
+def test_bad_jobs_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="--jobs must be >= 1, got 0"):
+        run_demo(tmp_path, jobs=0)
+
+
+def test_in_parallel_runs_stages_in_workers_and_reraises_failures(tmp_path):
+    runner = demo.Demo(tmp_path, demo.RECIPES["quick"], [2], ["polarity"], jobs=2, threads=1)
+    runner.in_parallel([("log", ("worker", "one")), ("log", ("worker", "two"))])
+    assert sorted(e["action"] for e in log_entries(tmp_path)) == ["one", "two"]
+    with pytest.raises(AttributeError, match="no_such_stage"):
+        runner.in_parallel([("log", ("worker", "three")), ("no_such_stage", ())])
+
+
+def test_resuming_with_another_recipe_is_refused(tmp_path):
+    recipe = {**demo.asdict(demo.RECIPES["quick"]), "pretrain_steps": 99}
+    (tmp_path / "recipe.json").write_text(json.dumps({"recipe": recipe, "seed": 42}))
+    with pytest.raises(ValueError, match=r"another recipe \(pretrain_steps: 99 -> 4\).*another --output-dir"):
+        run_demo(tmp_path)
+    with pytest.raises(ValueError, match=r"another recipe \(seed: 42 -> 7\)"):
+        run_demo(tmp_path, "--pretrain-steps", "99", "--seed", "7")
+    with pytest.raises(ValueError, match="--finetune-steps must be >= 1, got 0"):
+        run_demo(tmp_path, "--finetune-steps", "0")
 
 
 def test_bad_task_is_rejected(tmp_path):
@@ -154,3 +178,48 @@ def test_kill_during_stage2_does_not_redo_stage1(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [(r["task"], r["num_instances"]) for r in results["rows"]] == [("polarity", 1), ("polarity", 2)]
     assert os.path.isfile(out / "finetune" / "polarity_N2" / "model" / "README.md")
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text() if (task / "children").exists() else ""
+        found |= {int(c) for c in text.split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_killing_the_demo_stops_its_worker_processes(tmp_path):
+    """SIGKILL of the demo process must not leave its worker processes training in the background."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "mux_plms.cli", "demo", "--quick", "--jobs", "2", "--threads", "1",
+               "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, workers = time.time() + 120, set()
+        while time.time() < deadline and len(workers) < 2 and process.poll() is None:
+            time.sleep(0.2)
+            workers = {c for c in _children(process.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()}
+        assert len(workers) >= 2, "the demo never started its worker processes"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -286,3 +286,26 @@ def test_contextual_multiplexer_chunks_match_one_shot_computation(n):
         reference = (mux.cross_instance_layer(across, across_mask) + across).view(g, length, n, d).mean(dim=2)
     assert chunked.shape == (g, length, d)
     torch.testing.assert_close(chunked, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("demuxing", DEMUXING_VARIANTS)
+def test_mean_sequence_pooling_averages_each_instances_own_token_states(demuxing):
+    """sequence_pooling="mean": the head reads the mean of the instance's demultiplexed token states over its
+    own (non-padding) tokens; "first" stays the default; unknown values are refused."""
+    assert tiny_config().sequence_pooling == "first"
+    with pytest.raises(ValueError, match="sequence_pooling must be one of first, mean; got 'max'"):
+        tiny_config(sequence_pooling="max")
+    config = tiny_config(num_instances=2, num_labels=3, muxing_variant="binary_hadamard",
+                         demuxing_variant=demuxing, sequence_pooling="mean")  # fmt: skip
+    torch.manual_seed(0)
+    model = MuxBertForSequenceClassification(config).eval()
+    inputs = make_inputs(batch=5)  # ragged rows, and an odd batch (internal padding instance)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        states = model.bert(**inputs).last_hidden_state  # (5, L, H) demultiplexed per-instance states
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        expected = model.classifier((states * mask).sum(1) / mask.sum(1))
+        torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+        model.config.sequence_pooling = "first"
+        first = model(**inputs).logits
+    assert not torch.allclose(first, logits)

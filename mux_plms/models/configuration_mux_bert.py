@@ -13,6 +13,7 @@ from transformers import BertConfig
 
 MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "contextual")
 DEMUXING_VARIANTS = ("rsa", "prefix", "mlp")
+SEQUENCE_POOLINGS = ("first", "mean")
 
 # Outputs that `Trainer.predict` must not collect next to the logits.
 MUX_KEYS_TO_IGNORE_AT_INFERENCE = [
@@ -40,6 +41,12 @@ class MultiplexingConfigMixin:
         retrieval_loss_coeff: weight of the auxiliary token-retrieval loss.
         task_loss_coeff: weight of the task loss (0 gives the stage-1 token-retrieval model).
         muxing_seed: seed of the fixed instance keys (they are saved in the checkpoint as well).
+        sequence_pooling: what a sequence classification head reads for each instance: ``"first"`` (the
+            demultiplexed first-token state, the papers' choice; only that position is demultiplexed) or
+            ``"mean"`` (the mean of the instance's demultiplexed token states over its own tokens, padding
+            excluded; every position is demultiplexed, as for token classification). ``"mean"`` suits
+            warm starts from encoders trained with mean pooling (sentence-transformers such as MiniLM) and
+            models whose token states were trained by retrieval / MLM but whose first token was not.
         prefix_filler_token_id: vocabulary id of the filler token of the `prefix` demultiplexer.
         prefix_index_token_ids: vocabulary ids of the N index tokens (default: ids 2 .. N+1, the
             `[unused*]` tokens of the BERT vocabulary).
@@ -88,6 +95,7 @@ class MultiplexingConfigMixin:
     retrieval_loss_coeff: float | int = 0.0
     task_loss_coeff: float | int = 1.0
     muxing_seed: int = 0
+    sequence_pooling: str = "first"
     prefix_filler_token_id: int = 1
     prefix_index_token_ids: list[int] | None = None
     # Legacy options (DESIGN.md section 4, docs/legacy-checkpoints.md); all off by default.
@@ -125,6 +133,9 @@ def validate_multiplexing_fields(config) -> None:
         raise ValueError(
             f"demuxing_variant must be one of {', '.join(DEMUXING_VARIANTS)}; got {config.demuxing_variant!r}"
         )
+    pooling = getattr(config, "sequence_pooling", "first")
+    if pooling not in SEQUENCE_POOLINGS:
+        raise ValueError(f"sequence_pooling must be one of {', '.join(SEQUENCE_POOLINGS)}; got {pooling!r}")
     if config.num_hidden_demux_layers < 1:
         raise ValueError(f"num_hidden_demux_layers must be >= 1, got {config.num_hidden_demux_layers}")
     if not 0.0 <= config.binary_hadamard_epsilon <= 1.0:

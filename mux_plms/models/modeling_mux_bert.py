@@ -313,7 +313,8 @@ class MuxBertForMaskedLM(MuxBertTaskModel):
 
 
 class MuxBertForSequenceClassification(MuxBertTaskModel):
-    """Sequence classification / regression on each instance's demultiplexed first-token state."""
+    """Sequence classification / regression on each instance's demultiplexed first-token state (or, with
+    ``config.sequence_pooling="mean"``, the mean of its demultiplexed token states)."""
 
     def __init__(self, config: MuxBertConfig):
         super().__init__(config)
@@ -341,10 +342,7 @@ class MuxBertForSequenceClassification(MuxBertTaskModel):
         mixed, batch, hidden_states = self._run(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
         )
-        # the first input position (the legacy prefix's [CLS] slot for converted checkpoints)
-        first = torch.full((1,), self.bert.demultiplexer.sequence_position(), dtype=torch.long, device=mixed.device)
-        states = self.bert.demultiplex(mixed, batch, first)[:, 0]  # only the position the head reads
-        logits = self.classifier(states)
+        logits = self.classifier(self.sequence_states(mixed, batch, attention_mask))
         task_loss = self.sequence_classification_loss(logits, labels) if labels is not None else None
         return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)
 

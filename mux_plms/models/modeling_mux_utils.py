@@ -239,6 +239,21 @@ class MuxTaskMixin:
 
     Requires ``self.config``, ``self.retrieval_head`` and ``self.mux_base`` (the base model)."""
 
+    def sequence_states(self, mixed, batch, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """What each instance's sequence head reads, ``(batch, H)``: the demultiplexed first-token state
+        (``config.sequence_pooling == "first"``; only that position is demultiplexed) or the mean of the
+        instance's demultiplexed token states over its own tokens (``"mean"``; padding excluded)."""
+        base = self.mux_base
+        if getattr(self.config, "sequence_pooling", "first") == "mean":
+            states = base.demultiplex(mixed, batch)  # (batch, L, H)
+            if attention_mask is None:
+                return states.mean(dim=1)
+            mask = attention_mask[:, : states.shape[1]].to(states.dtype).unsqueeze(-1)
+            return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        # the first input position (the legacy prefix's [CLS] slot for converted checkpoints)
+        first = torch.full((1,), base.demultiplexer.sequence_position(), dtype=torch.long, device=mixed.device)
+        return base.demultiplex(mixed, batch, first)[:, 0]  # only the position the head reads
+
     def retrieval_loss(self, mixed, batch: MuxBatch, retrieval_instance_ids=None):
         """Token-retrieval loss: from instance i's demuxed state at j, predict instance i's token at j.
 
@@ -501,10 +516,7 @@ class MuxSequenceClassificationMixin(MuxTaskModelMixin):
         mixed, batch, hidden_states = self._run(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
         )
-        # the first input position (the legacy prefix's [CLS] slot for converted checkpoints)
-        first = torch.full((1,), self.mux_base.demultiplexer.sequence_position(), dtype=torch.long, device=mixed.device)
-        states = self.mux_base.demultiplex(mixed, batch, first)[:, 0]  # only the position the head reads
-        logits = self.classifier(states)
+        logits = self.classifier(self.sequence_states(mixed, batch, attention_mask))
         task_loss = self.sequence_classification_loss(logits, labels) if labels is not None else None
         return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)
 

@@ -84,6 +84,13 @@ class MuxModelArguments:
         default=None, metadata={"help": "Weight of the auxiliary token-retrieval loss while fine-tuning (MUX models)"}
     )
     muxing_seed: int | None = field(default=None, metadata={"help": "Warm start only: seed of the fixed instance keys"})
+    sequence_pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "MUX sequence classification: 'first' (the demultiplexed first-token state, the default) or "
+            "'mean' (the mean of each instance's demultiplexed token states)"
+        },
+    )
     gaussian_hadamard_norm: float | None = field(
         default=None,
         metadata={
@@ -305,6 +312,10 @@ def load_model(
         kwargs["problem_type"] = problem_type
     if info.is_mux and model_args.retrieval_loss_coeff is not None:
         kwargs["retrieval_loss_coeff"] = model_args.retrieval_loss_coeff
+    if model_args.sequence_pooling is not None:
+        if not info.is_mux or head != "sequence":
+            raise ValueError("--sequence_pooling applies to MUX sequence classification models only")
+        kwargs["sequence_pooling"] = model_args.sequence_pooling
     path = model_args.model_name_or_path
     if info.warm_start:
         mux_class = _warm_start_classes()[info.model_type][head]
