@@ -49,8 +49,14 @@ def penn_blocks(tokenizer, split: str, block: int, max_blocks: int) -> torch.Ten
     return torch.tensor([[tokenizer.cls_token_id, *r, tokenizer.sep_token_id] for r in rows])
 
 
-def electra_mask(input_ids: torch.Tensor, mask_token_id: int, special_ids: list[int], generator: torch.Generator,
-                 probability: float = 0.15, mask_fraction: float = 0.85):
+def electra_mask(
+    input_ids: torch.Tensor,
+    mask_token_id: int,
+    special_ids: list[int],
+    generator: torch.Generator,
+    probability: float = 0.15,
+    mask_fraction: float = 0.85,
+):
     """ELECTRA masking: select `probability` of the non-special tokens; `mask_fraction` of them become [MASK]."""
     candidates = ~torch.isin(input_ids, torch.tensor(special_ids))
     selected = (torch.rand(input_ids.shape, generator=generator) < probability) & candidates

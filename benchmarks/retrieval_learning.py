@@ -102,7 +102,9 @@ def run(
         optimizer.zero_grad()
         if step % eval_every == 0 or step == steps:
             accuracy = evaluate()
-            curve.append({"step": step, "loss": round(loss.item(), 4), "heldout_retrieval_accuracy": round(accuracy, 4)})
+            curve.append(
+                {"step": step, "loss": round(loss.item(), 4), "heldout_retrieval_accuracy": round(accuracy, 4)}
+            )
             if verbose:
                 print(json.dumps(curve[-1]), flush=True)
     result = {

@@ -66,14 +66,20 @@ def _bert_layer(sd, prefix, x, heads, eps, mask=None):
     if mask is not None:
         scores = scores + (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
     context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, h)
-    attended = _norm(sd, prefix + "attention.output.LayerNorm.", _linear(sd, prefix + "attention.output.dense.", context) + x, eps)
+    attended = _norm(
+        sd, prefix + "attention.output.LayerNorm.", _linear(sd, prefix + "attention.output.dense.", context) + x, eps
+    )
     inner = F.gelu(_linear(sd, prefix + "intermediate.dense.", attended))
     return _norm(sd, prefix + "output.LayerNorm.", _linear(sd, prefix + "output.dense.", inner) + attended, eps)
 
 
 def _embed(sd, eps, ids=None, embeds=None):
     x = sd["bert.embeddings.word_embeddings.weight"][ids] if embeds is None else embeds
-    x = x + sd["bert.embeddings.token_type_embeddings.weight"][0] + sd["bert.embeddings.position_embeddings.weight"][: x.shape[1]]
+    x = (
+        x
+        + sd["bert.embeddings.token_type_embeddings.weight"][0]
+        + sd["bert.embeddings.position_embeddings.weight"][: x.shape[1]]
+    )
     return _norm(sd, "bert.embeddings.LayerNorm.", x, eps)
 
 
@@ -118,7 +124,9 @@ def legacy_forward(sd, cfg, input_ids, attention_mask, labels=None):
         else:
             for k in (1, 2):
                 z = _norm(sd, f"demux_module.layer_norm_{k}.", F.gelu(_linear(sd, f"demux_module.dense_{k}.", z)), eps)
-            z = _norm(sd, "retrieval_head.pre_decoder_layer_norm.", F.gelu(_linear(sd, "retrieval_head.pre_decoder.", z)), eps)
+            z = _norm(
+                sd, "retrieval_head.pre_decoder_layer_norm.", F.gelu(_linear(sd, "retrieval_head.pre_decoder.", z)), eps
+            )
         logits = F.linear(z, sd["bert.embeddings.word_embeddings.weight"], sd["retrieval_head.decoder.bias"])
         if demuxing == "index":
             labels = torch.cat([torch.full((b, p), -100), labels[:, :-p]], 1)
@@ -130,7 +138,12 @@ def legacy_forward(sd, cfg, input_ids, attention_mask, labels=None):
         for k in range(1, cfg["num_hidden_demux_layers"]):
             y = F.gelu(_linear(sd, f"demux_module.dense_{k}.", z))
             z = y if k == 1 else z + y
-        z = _norm(sd, "demultiplexer.pre_decoder_layer_norm.", F.gelu(_linear(sd, "demultiplexer.pre_decoder.", z)), eps) + z
+        z = (
+            _norm(
+                sd, "demultiplexer.pre_decoder_layer_norm.", F.gelu(_linear(sd, "demultiplexer.pre_decoder.", z)), eps
+            )
+            + z
+        )
     if kind == "seqcls":
         z = z[:, n] if demuxing == "index" else z[:, 0]
     return _linear(sd, "classifier.", z), None
@@ -194,7 +207,10 @@ def legacy_state_dict(cfg, seed=0):
 
     def bert_layer(prefix):
         shapes = BertLayer(BertConfig(hidden_size=h, num_attention_heads=HEADS, intermediate_size=FFN)).state_dict()
-        return {prefix + k: (1 + rand(*v.shape, scale=0.1)) if "LayerNorm.weight" in k else rand(*v.shape, scale=0.2) for k, v in shapes.items()}
+        return {
+            prefix + k: (1 + rand(*v.shape, scale=0.1)) if "LayerNorm.weight" in k else rand(*v.shape, scale=0.2)
+            for k, v in shapes.items()
+        }
 
     words = rand(VOCAB, h, scale=0.5)
     sd = {
@@ -221,7 +237,13 @@ def legacy_state_dict(cfg, seed=0):
         sd.update(bert_layer("muxing_attention."))
         sd.update(bert_layer("muxing_attention_2."))
     decoder_bias = rand(VOCAB, scale=0.1)
-    sd.update({"retrieval_head.bias": decoder_bias, "retrieval_head.decoder.weight": words, "retrieval_head.decoder.bias": decoder_bias})
+    sd.update(
+        {
+            "retrieval_head.bias": decoder_bias,
+            "retrieval_head.decoder.weight": words,
+            "retrieval_head.decoder.bias": decoder_bias,
+        }
+    )
     if cfg["demuxing_variant"] == "index_pos":
         shared = {"demux_module.demux_instance_embedding": rand(n, h, scale=1.0)}
         for k in range(1, cfg["num_hidden_demux_layers"] + 1):
@@ -419,7 +441,9 @@ def test_synthetic_checkpoint_converts_and_matches_the_original_forward(
         torch.testing.assert_close(output.logits[:, :kept][labelled], expected[:, prefix:][labelled], atol=1e-4, rtol=0)
         torch.testing.assert_close(output.loss, expected_loss, atol=1e-5, rtol=0)
     else:
-        torch.testing.assert_close(output.logits, expected[:, prefix:] if kind == "tokcls" else expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            output.logits, expected[:, prefix:] if kind == "tokcls" else expected, atol=1e-4, rtol=0
+        )
 
 
 def test_safetensors_weights_and_tokenizer_files(tmp_path):
@@ -480,7 +504,11 @@ def test_finetuning_from_a_converted_mlm_checkpoint_follows_the_original(tmp_pat
     model.eval()
     # the original fine-tuning model loads the same weights and a fresh classifier: give it ours
     seqcls = {**mlm, "architectures": ["MuxedBertForSequenceClassification"]}
-    sd = {**sd, "classifier.weight": model.classifier.out_proj.weight, "classifier.bias": model.classifier.out_proj.bias}
+    sd = {
+        **sd,
+        "classifier.weight": model.classifier.out_proj.weight,
+        "classifier.bias": model.classifier.out_proj.bias,
+    }
     inputs = legacy_inputs(2)
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, legacy_forward(sd, seqcls, **inputs)[0], atol=1e-4, rtol=0)
@@ -509,7 +537,9 @@ def test_weight_of_the_wrong_shape_is_named(tmp_path):
     cfg = legacy_config("MuxedBertForTokenClassification", "binary_hadamard", "index_pos", 2)
     sd = legacy_state_dict(cfg)
     sd["classifier.weight"] = torch.zeros(7, HIDDEN)
-    _convert_expecting(tmp_path, cfg, sd, match=r"'classifier\.weight' has shape \(7, 16\).*classifier\.out_proj\.weight")
+    _convert_expecting(
+        tmp_path, cfg, sd, match=r"'classifier\.weight' has shape \(7, 16\).*classifier\.out_proj\.weight"
+    )
 
 
 def test_diverging_copies_of_a_shared_module_are_refused(tmp_path):
@@ -532,7 +562,10 @@ def test_missing_weight_is_named(tmp_path):
         ({"muxing_variant": "random_ortho_low_rank"}, "Unsupported muxing_variant 'random_ortho_low_rank'"),
         ({"demuxing_variant": "mlp"}, "Unsupported demuxing_variant 'mlp'"),
         ({"muxing_variant": "gaussian_attention_v2", "demuxing_variant": "index"}, "Cannot reproduce muxing_variant"),
-        ({"architectures": ["MuxedBertForQuestionAnswering"]}, "Unsupported architecture 'MuxedBertForQuestionAnswering'"),
+        (
+            {"architectures": ["MuxedBertForQuestionAnswering"]},
+            "Unsupported architecture 'MuxedBertForQuestionAnswering'",
+        ),
         ({"architectures": []}, "exactly one architecture"),
         ({"position_embedding_type": "relative_key"}, "Cannot reproduce position_embedding_type='relative_key'"),
         ({"hidden_act": "relu"}, "Cannot reproduce hidden_act='relu'"),
@@ -555,7 +588,9 @@ def test_source_errors(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="no such folder"):
         convert_legacy_checkpoint(tmp_path / "missing" / "folder", tmp_path / "out")
     (tmp_path / "legacy").mkdir()
-    (tmp_path / "legacy" / "config.json").write_text(json.dumps(legacy_config("MuxedBertForMaskedLM", "random_ortho", "index", 2)))
+    (tmp_path / "legacy" / "config.json").write_text(
+        json.dumps(legacy_config("MuxedBertForMaskedLM", "random_ortho", "index", 2))
+    )
     with pytest.raises(LegacyCheckpointError, match="holds no weights"):
         convert_legacy_checkpoint(tmp_path / "legacy", tmp_path / "out")
 
@@ -588,7 +623,9 @@ def test_legacy_options_are_off_by_default():
     config = MuxBertConfig()
     assert not config.legacy_embed_mixture and not config.legacy_prefix_truncate
     assert config.legacy_demux is config.legacy_contextual is config.legacy_rsa_cls_token_id is None
-    assert not (config.legacy_ignore_token_type_ids or config.legacy_linear_classifier or config.legacy_untransformed_vocab_head)
+    assert not (
+        config.legacy_ignore_token_type_ids or config.legacy_linear_classifier or config.legacy_untransformed_vocab_head
+    )
     tiny = dict(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     model = mux_plms.MuxBertForSequenceClassification(MuxBertConfig(demuxing_variant="rsa", **tiny))
     assert type(model.bert.demultiplexer).__name__ == "RSADemultiplexer"

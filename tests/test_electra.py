@@ -175,7 +175,11 @@ def check_contract(cls, config, tmp_path):
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_contract_small_shape(cls, muxing, demuxing, n, tmp_path):
     config = electra_config(
-        "small", num_instances=n, muxing_variant=muxing, demuxing_variant=demuxing, num_labels=NUM_LABELS,
+        "small",
+        num_instances=n,
+        muxing_variant=muxing,
+        demuxing_variant=demuxing,
+        num_labels=NUM_LABELS,
         retrieval_loss_coeff=0.1,
     )
     check_contract(cls, config, tmp_path)
@@ -185,7 +189,11 @@ def test_contract_small_shape(cls, muxing, demuxing, n, tmp_path):
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_contract_base_shape(cls, muxing, tmp_path):
     config = electra_config(
-        "base", num_instances=2, muxing_variant=muxing, demuxing_variant="prefix", num_labels=NUM_LABELS,
+        "base",
+        num_instances=2,
+        muxing_variant=muxing,
+        demuxing_variant="prefix",
+        num_labels=NUM_LABELS,
         retrieval_loss_coeff=0.1,
     )
     check_contract(cls, config, tmp_path)
@@ -208,11 +216,27 @@ def test_multiplexer_sits_before_the_projection(shape):
 def test_backbone_is_exactly_electra():
     """Parameter names and shapes of the backbone equal ElectraModel's (so vanilla checkpoints load)."""
     config = electra_config("small", demuxing_variant="rsa")
-    vanilla = ElectraModel(ElectraConfig(**{k: getattr(config, k) for k in (
-        "vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "max_position_embeddings")}))
-    ours = {k: v.shape for k, v in MuxElectraModel(config).state_dict().items()
-            if not k.startswith(("multiplexer.", "demultiplexer."))}
+    vanilla = ElectraModel(
+        ElectraConfig(
+            **{
+                k: getattr(config, k)
+                for k in (
+                    "vocab_size",
+                    "embedding_size",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "max_position_embeddings",
+                )
+            }
+        )
+    )
+    ours = {
+        k: v.shape
+        for k, v in MuxElectraModel(config).state_dict().items()
+        if not k.startswith(("multiplexer.", "demultiplexer."))
+    }
     assert ours == {k: v.shape for k, v in vanilla.state_dict().items()}
 
 
@@ -296,7 +320,7 @@ def test_remote_code_in_a_python_without_mux_plms(tmp_path):
             raise SystemExit("mux_plms should not be importable here")
         except ImportError:
             pass
-        data = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        data = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
         autos = dict(MuxElectraModel="AutoModel", MuxElectraForPreTraining="AutoModelForPreTraining",
                      MuxElectraForMaskedLM="AutoModelForMaskedLM",
                      MuxElectraForSequenceClassification="AutoModelForSequenceClassification",
@@ -325,7 +349,12 @@ def test_remote_code_in_a_python_without_mux_plms(tmp_path):
     [
         (
             MuxElectraForSequenceClassification,
-            ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"],
+            [
+                "classifier.dense.bias",
+                "classifier.dense.weight",
+                "classifier.out_proj.bias",
+                "classifier.out_proj.weight",
+            ],
         ),
         (MuxElectraForTokenClassification, ["classifier.out_proj.bias", "classifier.out_proj.weight"]),
     ],
@@ -351,8 +380,13 @@ def test_discriminator_checkpoint_loads_into_task_models(tmp_path, cls, head_key
 
 def vanilla_electra_folder(tmp_path):
     config = ElectraConfig(
-        vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=40,
+        vocab_size=VOCAB,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
     )
     torch.manual_seed(1)
     ElectraForPreTraining(config).save_pretrained(tmp_path)
@@ -366,11 +400,17 @@ def test_warm_start_from_a_vanilla_electra_discriminator(tmp_path):
     )
     assert isinstance(model.config, MuxElectraConfig) and model.config.num_instances == 2
     weights = load_file(folder / "model.safetensors")
-    for key in ["electra.embeddings.word_embeddings.weight", "electra.embeddings_project.weight",
-                "electra.encoder.layer.1.output.dense.weight", "discriminator_predictions.dense_prediction.weight"]:
+    for key in [
+        "electra.embeddings.word_embeddings.weight",
+        "electra.embeddings_project.weight",
+        "electra.encoder.layer.1.output.dense.weight",
+        "discriminator_predictions.dense_prediction.weight",
+    ]:
         torch.testing.assert_close(model.get_parameter(key), weights[key], rtol=0, atol=0)
     missing = set(info["missing_keys"])
-    assert not any(k.startswith(("electra.embeddings", "electra.encoder", "discriminator_predictions")) for k in missing)
+    assert not any(
+        k.startswith(("electra.embeddings", "electra.encoder", "discriminator_predictions")) for k in missing
+    )
     assert {"electra.demultiplexer.instance_keys", "retrieval_head.dense.weight"} <= missing
     assert not info["unexpected_keys"]
     out = model(input_ids=torch.randint(5, VOCAB, (3, 6)))
@@ -389,10 +429,16 @@ def test_warm_start_from_a_vanilla_electra_discriminator(tmp_path):
         ({"muxing_variant": "fourier"}, "muxing_variant must be one of"),
         ({"demuxing_variant": "index"}, "demuxing_variant must be one of"),
         ({"num_instances": 0}, "num_instances must be an integer >= 1"),
-        ({"embedding_size": 15, "muxing_variant": "contextual"}, r"embedding_size=15, which must be a multiple of num_attention_heads=2"),
+        (
+            {"embedding_size": 15, "muxing_variant": "contextual"},
+            r"embedding_size=15, which must be a multiple of num_attention_heads=2",
+        ),
         ({"legacy_embed_mixture": True}, r"not supported by mux_electra.*legacy_embed_mixture"),
         ({"legacy_ignore_token_type_ids": True}, "not supported by mux_electra"),
-        ({"prefix_index_token_ids": [2, 500]}, r"prefix_index_token_ids must be vocabulary ids in \[0, vocab_size=120\)"),
+        (
+            {"prefix_index_token_ids": [2, 500]},
+            r"prefix_index_token_ids must be vocabulary ids in \[0, vocab_size=120\)",
+        ),
     ],
 )
 def test_config_errors(kwargs, match):
@@ -437,23 +483,30 @@ def test_generic_task_mixins_reproduce_mux_bert():
             self.classifier = TokenClassificationHead(config)
             self.post_init()
 
-    pairs = [(MuxBertForMaskedLM, GenericMLM), (MuxBertForSequenceClassification, GenericSeq),
-             (MuxBertForTokenClassification, GenericTok)]
+    pairs = [
+        (MuxBertForMaskedLM, GenericMLM),
+        (MuxBertForSequenceClassification, GenericSeq),
+        (MuxBertForTokenClassification, GenericTok),
+    ]
     inputs = make_inputs(batch=5)
     for bert_cls, generic_cls in pairs:
         config = tiny_config(num_instances=2, num_labels=3, retrieval_loss_coeff=0.1)
         reference = bert_cls(config).eval()
         generic = generic_cls(config).eval()
         generic.load_state_dict(reference.state_dict())
-        label_cls = {GenericMLM: MuxElectraForMaskedLM, GenericSeq: MuxElectraForSequenceClassification,
-                     GenericTok: MuxElectraForTokenClassification}[generic_cls]
+        label_cls = {
+            GenericMLM: MuxElectraForMaskedLM,
+            GenericSeq: MuxElectraForSequenceClassification,
+            GenericTok: MuxElectraForTokenClassification,
+        }[generic_cls]
         labels = make_labels(label_cls, inputs)
         with torch.no_grad():
             a, b = reference(**inputs, labels=labels), generic(**inputs, labels=labels)
             for field in ("loss", "logits", "task_loss", "retrieval_loss", "retrieval_logits"):
                 torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=0, atol=0)
-            torch.testing.assert_close(generic.forward_ensemble(**inputs), reference.forward_ensemble(**inputs),
-                                       rtol=0, atol=0)
+            torch.testing.assert_close(
+                generic.forward_ensemble(**inputs), reference.forward_ensemble(**inputs), rtol=0, atol=0
+            )
 
 
 def test_gradient_checkpointing_and_attention_implementations_agree():

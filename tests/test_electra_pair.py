@@ -49,12 +49,7 @@ def test_forward_loss_and_metrics():
     pair = tiny_pair(n=2).eval()  # eval: no dropout, deterministic sampling
     batch, original = masked_batch()
     out = pair(**batch)
-    expected = (
-        out.generator_loss
-        + 50.0 * out.rtd_loss
-        + 0.5 * out.retrieval_loss
-        + 0.5 * out.generator_retrieval_loss
-    )
+    expected = out.generator_loss + 50.0 * out.rtd_loss + 0.5 * out.retrieval_loss + 0.5 * out.generator_retrieval_loss
     torch.testing.assert_close(out.loss, expected)
     assert out.logits.shape == (5, 10) and out.corrupted_input_ids.shape == (5, 10)
     masked = batch["labels"] != -100
@@ -155,7 +150,9 @@ def test_save_and_load_the_pair(tmp_path):
         before = pair(**batch)
     pair.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["MuxElectraForPreTraining"]
-    assert json.loads((tmp_path / "generator" / "config.json").read_text())["architectures"] == ["MuxElectraForMaskedLM"]
+    assert json.loads((tmp_path / "generator" / "config.json").read_text())["architectures"] == [
+        "MuxElectraForMaskedLM"
+    ]
     loaded = MuxElectraPretrainingPair.from_pretrained(tmp_path).eval()
     assert loaded.discriminator_weight == 20.0 and loaded.embeddings_shared
     with torch.no_grad():
@@ -196,7 +193,9 @@ def test_pair_errors():
 def test_presets_follow_the_electra_paper(name, fraction, layers, hidden, embedding):
     generator, discriminator = load_electra_preset(name)
     assert (discriminator.num_hidden_layers, discriminator.hidden_size, discriminator.embedding_size) == (
-        layers, hidden, embedding,
+        layers,
+        hidden,
+        embedding,
     )
     assert generator.hidden_size * fraction == discriminator.hidden_size
     assert generator.intermediate_size * fraction == discriminator.intermediate_size
@@ -206,9 +205,20 @@ def test_presets_follow_the_electra_paper(name, fraction, layers, hidden, embedd
     assert generator.num_instances == discriminator.num_instances == 2
     # the discriminator's backbone has exactly ELECTRA's parameter count
     if name in ("small", "tiny"):
-        vanilla = ElectraConfig(**{k: getattr(discriminator, k) for k in (
-            "vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-            "intermediate_size", "max_position_embeddings")})
+        vanilla = ElectraConfig(
+            **{
+                k: getattr(discriminator, k)
+                for k in (
+                    "vocab_size",
+                    "embedding_size",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "max_position_embeddings",
+                )
+            }
+        )
         with torch.device("meta"):
             ours = MuxElectraForPreTraining(discriminator).electra
             reference = ElectraModel(vanilla)
@@ -228,6 +238,8 @@ def test_preset_overrides_and_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown ELECTRA preset 'huge'"):
         load_electra_preset("huge")
     custom = tmp_path / "mine.json"
-    custom.write_text(json.dumps({"discriminator": {"hidden_size": 64, "embedding_size": 32, "num_attention_heads": 2}}))
+    custom.write_text(
+        json.dumps({"discriminator": {"hidden_size": 64, "embedding_size": 32, "num_attention_heads": 2}})
+    )
     with pytest.raises(ValueError, match=r"lacks the section\(s\) \['generator'\]"):
         load_electra_preset(custom)

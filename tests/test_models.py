@@ -55,14 +55,16 @@ def main_output(cls, output):
     return output.last_hidden_state if cls is MuxBertModel else output.logits
 
 
-@pytest.mark.parametrize(
-    "muxing,demuxing,n", list(itertools.product(MUXING_VARIANTS, DEMUXING_VARIANTS, [1, 2, 5]))
-)
+@pytest.mark.parametrize("muxing,demuxing,n", list(itertools.product(MUXING_VARIANTS, DEMUXING_VARIANTS, [1, 2, 5])))
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_contract(cls, muxing, demuxing, n):
     torch.manual_seed(0)
     config = tiny_config(
-        num_instances=n, muxing_variant=muxing, demuxing_variant=demuxing, num_labels=NUM_LABELS, retrieval_loss_coeff=0.1
+        num_instances=n,
+        muxing_variant=muxing,
+        demuxing_variant=demuxing,
+        num_labels=NUM_LABELS,
+        retrieval_loss_coeff=0.1,
     )
     model = cls(config)
     inputs = make_inputs()

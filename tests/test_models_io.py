@@ -60,7 +60,9 @@ def test_save_load_round_trip(tmp_path, muxing, demuxing):
     assert "bert.multiplexer.instance_keys" in weights  # fixed keys travel with the checkpoint
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert type(loaded) is MuxBertForSequenceClassification
-    torch.testing.assert_close(loaded.bert.multiplexer.instance_keys, model.bert.multiplexer.instance_keys, rtol=0, atol=0)
+    torch.testing.assert_close(
+        loaded.bert.multiplexer.instance_keys, model.bert.multiplexer.instance_keys, rtol=0, atol=0
+    )
     # Every tensor comes back bit-identical ...
     before, after = model.state_dict(), loaded.state_dict()
     assert before.keys() == after.keys()
@@ -109,7 +111,9 @@ def test_keys_trainable_only_with_learn_muxing():
 
 
 def test_key_properties():
-    gaussian = MuxBertModel(tiny_config(muxing_variant="gaussian_hadamard", num_instances=4, gaussian_hadamard_norm=2.0))
+    gaussian = MuxBertModel(
+        tiny_config(muxing_variant="gaussian_hadamard", num_instances=4, gaussian_hadamard_norm=2.0)
+    )
     torch.testing.assert_close(gaussian.multiplexer.instance_keys.norm(dim=1), torch.full((4,), 2.0))
     ortho = MuxBertModel(tiny_config(muxing_variant="random_ortho", num_instances=3)).multiplexer.instance_keys
     eye = torch.eye(32).expand(3, 32, 32)
@@ -138,7 +142,7 @@ def test_remote_code_in_a_python_without_mux_plms(tmp_path):
             raise SystemExit("mux_plms should not be importable here")
         except ImportError:
             pass
-        data = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        data = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
         autos = dict(MuxBertModel=AutoModel, MuxBertForMaskedLM=AutoModelForMaskedLM,
                      MuxBertForSequenceClassification=AutoModelForSequenceClassification,
                      MuxBertForTokenClassification=AutoModelForTokenClassification)
@@ -191,7 +195,10 @@ def test_warm_start_from_vanilla_bert():
         ({"demuxing_variant": "index_pos"}, "demuxing_variant must be one of rsa, prefix, mlp"),
         ({"num_instances": 0}, "num_instances must be an integer >= 1"),
         ({"num_hidden_demux_layers": 0}, "num_hidden_demux_layers must be >= 1"),
-        ({"prefix_index_token_ids": [2, 500]}, r"prefix_index_token_ids must be vocabulary ids in \[0, vocab_size=120\)"),
+        (
+            {"prefix_index_token_ids": [2, 500]},
+            r"prefix_index_token_ids must be vocabulary ids in \[0, vocab_size=120\)",
+        ),
         ({"prefix_filler_token_id": 999}, "prefix_filler_token_id must be vocabulary ids"),
         ({"prefix_index_token_ids": [2, 3, 4]}, "prefix_index_token_ids must hold num_instances=2 ids"),
         ({"retrieval_loss_coeff": 0.0, "task_loss_coeff": 0.0}, "cannot both be 0"),

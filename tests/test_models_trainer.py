@@ -19,13 +19,21 @@ def synthetic_classification(n_rows: int, seed: int) -> Dataset:
     labels = torch.randint(0, 2, (n_rows,), generator=g)
     ids[labels == 1, 3] = 7
     ids[:, 0] = 2
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * 8] * n_rows, "labels": labels.tolist()})
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": [[1] * 8] * n_rows, "labels": labels.tolist()}
+    )
 
 
 def test_trainer_lowers_loss_and_predicts_one_row_per_example(tmp_path):
     torch.manual_seed(0)
     model = MuxBertForSequenceClassification(
-        tiny_config(num_instances=2, num_labels=2, muxing_variant="gaussian_hadamard", demuxing_variant="rsa", hidden_dropout_prob=0.0)
+        tiny_config(
+            num_instances=2,
+            num_labels=2,
+            muxing_variant="gaussian_hadamard",
+            demuxing_variant="rsa",
+            hidden_dropout_prob=0.0,
+        )
     )
     train, dev = synthetic_classification(96, seed=0), synthetic_classification(7, seed=1)
     args = TrainingArguments(

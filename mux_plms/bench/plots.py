@@ -142,9 +142,23 @@ def plot_composability(records: list[dict], path: Path, title: str) -> Path | No
         for color, (variant, points) in zip(colors, _series(records, head).items()):
             x = [p["case"]["num_instances"] for p in points]
             ref = [p["reference"] for p in points]
-            ax.plot(x, [r["speedup"] for r in ref], "o:", color=color, label=f"{variant}: MUX vs vanilla, both fp32 eager")
-            ax.plot(x, [p["speedup"] for p in points], "s-.", color=color, label=f"{variant}: MUX vs vanilla, both optimised")
-            ax.plot(x, [r["total_speedup"] for r in ref], "D-", color=color, label=f"{variant}: optimised MUX vs fp32 eager vanilla")
+            ax.plot(
+                x, [r["speedup"] for r in ref], "o:", color=color, label=f"{variant}: MUX vs vanilla, both fp32 eager"
+            )
+            ax.plot(
+                x,
+                [p["speedup"] for p in points],
+                "s-.",
+                color=color,
+                label=f"{variant}: MUX vs vanilla, both optimised",
+            )
+            ax.plot(
+                x,
+                [r["total_speedup"] for r in ref],
+                "D-",
+                color=color,
+                label=f"{variant}: optimised MUX vs fp32 eager vanilla",
+            )
             product = [r["optimization_gain_vanilla"] * r["speedup"] for r in ref]
             ax.plot(x, product, "x--", color=color, alpha=0.6, label=f"{variant}: product of the two gains")
         _n_axis(ax, ns)

@@ -75,7 +75,12 @@ MUX_CONFIG_KEYS = {
     "retrieval_loss_coeff",
     "task_loss_coeff",
 }
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = (
     "vocab.txt",
     "tokenizer.json",
@@ -309,7 +314,9 @@ def _convert_config(legacy: dict, kind: str) -> tuple[dict, dict, list[str]]:
                 f"Cannot reproduce num_hidden_demux_layers={demux_layers} with 'index_pos': the original needs "
                 "at least 2 (its retrieval head always runs dense_1 and dense_2)"
             )
-        options.update(legacy_demux="pretraining" if kind == "mlm" else "finetuning", legacy_rsa_cls_token_id=LEGACY_CLS_ID)
+        options.update(
+            legacy_demux="pretraining" if kind == "mlm" else "finetuning", legacy_rsa_cls_token_id=LEGACY_CLS_ID
+        )
     else:
         if legacy.get("vocab_size", 0) <= LEGACY_PREFIX_FILLER_ID or n + 1 >= LEGACY_PREFIX_FILLER_ID:
             raise LegacyCheckpointError(
@@ -334,7 +341,9 @@ def _convert_config(legacy: dict, kind: str) -> tuple[dict, dict, list[str]]:
     if kind == "seqcls":
         options["legacy_linear_classifier"] = True
     kwargs.update(options)
-    ignored = sorted(set(legacy) - PASSTHROUGH_CONFIG_KEYS - MUX_CONFIG_KEYS - IGNORED_CONFIG_KEYS - set(CHECKED_CONFIG))
+    ignored = sorted(
+        set(legacy) - PASSTHROUGH_CONFIG_KEYS - MUX_CONFIG_KEYS - IGNORED_CONFIG_KEYS - set(CHECKED_CONFIG)
+    )
     if ignored:
         logger.warning("Ignoring config keys the converted model does not use: %s", ", ".join(ignored))
     return kwargs, options, ignored
@@ -415,15 +424,19 @@ def _rules(legacy: dict, kind: str, model) -> list[tuple[re.Pattern, Rule]]:
             (r"demux_module\.demux_instance_embedding", lambda m, t: [("bert.demultiplexer.instance_keys", t)]),
             (
                 r"demux_module\.dense_(\d+)\.(weight|bias)",
-                lambda m, t: [(f"bert.demultiplexer.layers.{int(m[1]) - 1}.{m[2]}", t)]
-                if int(m[1]) <= num_layers
-                else "demultiplexer layer the original never runs",
+                lambda m, t: (
+                    [(f"bert.demultiplexer.layers.{int(m[1]) - 1}.{m[2]}", t)]
+                    if int(m[1]) <= num_layers
+                    else "demultiplexer layer the original never runs"
+                ),
             ),
             (
                 r"demux_module\.layer_norm_(\d+)\.(weight|bias)",
-                lambda m, t: [(f"bert.demultiplexer.norms.{int(m[1]) - 1}.{m[2]}", t)]
-                if int(m[1]) <= 2
-                else "LayerNorm the original never runs",
+                lambda m, t: (
+                    [(f"bert.demultiplexer.norms.{int(m[1]) - 1}.{m[2]}", t)]
+                    if int(m[1]) <= 2
+                    else "LayerNorm the original never runs"
+                ),
             ),
             (r"demultiplexer\.pre_decoder\.(.*)", lambda m, t: [(f"bert.demultiplexer.pre_decoder.{m[1]}", t)]),
             (
@@ -431,7 +444,10 @@ def _rules(legacy: dict, kind: str, model) -> list[tuple[re.Pattern, Rule]]:
                 lambda m, t: [(f"bert.demultiplexer.pre_decoder_norm.{m[1]}", t)],
             ),
             (r"retrieval_head\.pre_decoder\.(.*)", lambda m, t: [(f"{h}.dense.{m[1]}", t) for h in heads]),
-            (r"retrieval_head\.pre_decoder_layer_norm\.(.*)", lambda m, t: [(f"{h}.LayerNorm.{m[1]}", t) for h in heads]),
+            (
+                r"retrieval_head\.pre_decoder_layer_norm\.(.*)",
+                lambda m, t: [(f"{h}.LayerNorm.{m[1]}", t) for h in heads],
+            ),
         ]
     else:
         # The `index` demultiplexer is one Linear(2H, H) on [key; hidden] + gelu + LayerNorm. The original MLM
@@ -447,7 +463,10 @@ def _rules(legacy: dict, kind: str, model) -> list[tuple[re.Pattern, Rule]]:
             if m[1] == "bias":
                 return [("bert.demultiplexer.hidden_proj.bias", t)]
             key_half, hidden_half = t[:, :hidden], t[:, hidden:]  # the original concatenates the key first
-            return [("bert.demultiplexer.key_proj.weight", key_half), ("bert.demultiplexer.hidden_proj.weight", hidden_half)]
+            return [
+                ("bert.demultiplexer.key_proj.weight", key_half),
+                ("bert.demultiplexer.hidden_proj.weight", hidden_half),
+            ]
 
         rules += [
             (rf"{used}\.dense\.(weight|bias)", split_concat_layer),
@@ -485,7 +504,9 @@ def map_legacy_state_dict(
             continue
         for target, value in result:
             if target not in expected:
-                raise LegacyCheckpointError(f"Weight {key!r} maps to {target!r}, which the converted model does not have")
+                raise LegacyCheckpointError(
+                    f"Weight {key!r} maps to {target!r}, which the converted model does not have"
+                )
             if tuple(value.shape) != tuple(expected[target].shape):
                 raise LegacyCheckpointError(
                     f"Weight {key!r} has shape {tuple(value.shape)}, but {target!r} expects {tuple(expected[target].shape)}"

@@ -126,9 +126,7 @@ def validate_multiplexing_fields(config) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"num_instances must be an integer >= 1, got {n!r}")
     if config.muxing_variant not in MUXING_VARIANTS:
-        raise ValueError(
-            f"muxing_variant must be one of {', '.join(MUXING_VARIANTS)}; got {config.muxing_variant!r}"
-        )
+        raise ValueError(f"muxing_variant must be one of {', '.join(MUXING_VARIANTS)}; got {config.muxing_variant!r}")
     if config.demuxing_variant not in DEMUXING_VARIANTS:
         raise ValueError(
             f"demuxing_variant must be one of {', '.join(DEMUXING_VARIANTS)}; got {config.demuxing_variant!r}"
@@ -152,9 +150,7 @@ def validate_multiplexing_fields(config) -> None:
     if config.demuxing_variant == "prefix":
         ids = config.resolved_prefix_index_token_ids
         if len(ids) != n:
-            raise ValueError(
-                f"prefix_index_token_ids must hold num_instances={n} ids, got {len(ids)}: {ids}"
-            )
+            raise ValueError(f"prefix_index_token_ids must hold num_instances={n} ids, got {len(ids)}: {ids}")
         vocab = config.vocab_size
         special = {"prefix_filler_token_id": [config.prefix_filler_token_id], "prefix_index_token_ids": ids}
         if config.legacy_prefix_cls_token_id is not None:

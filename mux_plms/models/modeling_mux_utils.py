@@ -145,7 +145,9 @@ class MultiplexedEncoderMixin:
         total = prefix_length + seq_length
         limit = self.config.max_position_embeddings
         if position_ids is None and total > limit:
-            extra = f" ({prefix_length} prefix positions of the `prefix` demultiplexer included)" if prefix_length else ""
+            extra = (
+                f" ({prefix_length} prefix positions of the `prefix` demultiplexer included)" if prefix_length else ""
+            )
             raise ValueError(
                 f"Sequence length {seq_length}{extra} needs {total} positions, but the model's position table "
                 f"has max_position_embeddings={limit}. Truncate the inputs to at most {limit - prefix_length} tokens."
@@ -161,7 +163,9 @@ class MultiplexedEncoderMixin:
         padded = batch_size + padding_rows
         if prefix_length:
             if inputs_embeds is not None:
-                raise ValueError("The `prefix` demultiplexer needs input_ids (it prepends prefix tokens); got inputs_embeds")
+                raise ValueError(
+                    "The `prefix` demultiplexer needs input_ids (it prepends prefix tokens); got inputs_embeds"
+                )
             prefix = self.demultiplexer.prefix_ids(device).repeat(padded // n, 1)
             input_ids = torch.cat([prefix, input_ids], dim=1)
             attention_mask = torch.cat([attention_mask.new_ones(padded, prefix_length), attention_mask], dim=1)

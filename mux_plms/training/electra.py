@@ -34,7 +34,13 @@ ELECTRA_PRESETS = ("tiny", "small", "base", "large")
 PAIR_FILE = "electra_pair.json"
 GENERATOR_SUBFOLDER = "generator"
 # Fields that must agree for the generator and the discriminator to share one embedding module.
-_SHARED_EMBEDDING_FIELDS = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size", "pad_token_id")
+_SHARED_EMBEDDING_FIELDS = (
+    "vocab_size",
+    "embedding_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "pad_token_id",
+)
 
 
 @dataclass
@@ -239,7 +245,9 @@ class MuxElectraPretrainingPair(nn.Module):
                 "-100 elsewhere)"
             )
         if labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         masked = labels != -100
@@ -309,7 +317,9 @@ def electra_preset_path(name: str | os.PathLike) -> Path:
     path = Path(name)
     if path.suffix == ".json" and path.exists():
         return path
-    raise ValueError(f"Unknown ELECTRA preset {str(name)!r}: choose one of {', '.join(ELECTRA_PRESETS)} or a JSON file path")
+    raise ValueError(
+        f"Unknown ELECTRA preset {str(name)!r}: choose one of {', '.join(ELECTRA_PRESETS)} or a JSON file path"
+    )
 
 
 def load_electra_preset(
