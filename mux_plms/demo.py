@@ -440,6 +440,8 @@ class Demo:
         )
         self.log(f"pretrain N={n}", "run", stages=args.stages)
         run_pretraining(args)
+        if not stop_after_stage1:
+            self.log(f"pretrain N={n}", "done")
         return stage2
 
     # ---------------------------------------------------------------------------------- stage 3
@@ -719,7 +721,7 @@ class Demo:
         )
         record.save(folder / "model")
         if n > 1:
-            return write_model_card(folder / "model", overwrite=True)
+            return write_model_card(folder / "model", overwrite=True, model_name=f"mux-bert-n{n}-{task}-demo")
         # write_model_card only renders MUX models; the N=1 baseline is a vanilla BERT: a short card of our own.
         return write_baseline_card(folder / "model", task, record)
 
