@@ -14,7 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+# ../shared beside the checkout (the project layout); MUX_PLMS_SHARED points elsewhere (e.g. from a clone in /tmp).
+SHARED = Path(os.environ.get("MUX_PLMS_SHARED", REPO_ROOT.parent / "shared"))
 LEGACY_FIXTURES = SHARED / "fixtures" / "legacy-checkpoints"
 
 TINY = dict(

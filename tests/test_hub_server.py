@@ -203,7 +203,7 @@ def test_command_line_server(tmp_path):
         assert status == 404 and headers["X-Error-Code"] == "EntryNotFound"
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=20)
+        process.wait(timeout=120)  # generous: a loaded 2-core CI machine once needed more than 20 s
         process.stdout.close()
         process.stderr.close()
     assert process.returncode == 0
