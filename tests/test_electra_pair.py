@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from transformers import ElectraConfig, ElectraModel
+from conftest import vanilla_electra_config
+from transformers import ElectraModel
 
 from mux_plms import MuxElectraForMaskedLM, MuxElectraForPreTraining, MuxElectraForSequenceClassification
 from mux_plms.training.electra import (
@@ -205,20 +206,7 @@ def test_presets_follow_the_electra_paper(name, fraction, layers, hidden, embedd
     assert generator.num_instances == discriminator.num_instances == 2
     # the discriminator's backbone has exactly ELECTRA's parameter count
     if name in ("small", "tiny"):
-        vanilla = ElectraConfig(
-            **{
-                k: getattr(discriminator, k)
-                for k in (
-                    "vocab_size",
-                    "embedding_size",
-                    "hidden_size",
-                    "num_hidden_layers",
-                    "num_attention_heads",
-                    "intermediate_size",
-                    "max_position_embeddings",
-                )
-            }
-        )
+        vanilla = vanilla_electra_config(discriminator)
         with torch.device("meta"):
             ours = MuxElectraForPreTraining(discriminator).electra
             reference = ElectraModel(vanilla)

@@ -275,7 +275,7 @@ class TrainingRecord:
         entries (``stage``, ``steps``, ``data``, ``final_metrics``, ...), oldest first. Each becomes a
         :class:`TrainingStage` (numeric final metrics kept; the data described by corpus, Hub data set or
         files)."""
-        stages = []
+        stages, datasets = [], []
         for index, entry in enumerate(entries):
             if not isinstance(entry, dict) or "stage" not in entry:
                 raise ValueError(f"pre-training record entry {index} must be a JSON object with a 'stage' key")
@@ -283,15 +283,14 @@ class TrainingRecord:
             described = data.get("corpus") or data.get("dataset_name") or data.get("train_file") or ""
             if data.get("dataset_config_name"):
                 described += f" ({data['dataset_config_name']})"
+            if data.get("dataset_name") and data["dataset_name"] not in datasets:
+                datasets.append(data["dataset_name"])
             metrics = {
                 k: float(v)
                 for k, v in (entry.get("final_metrics") or {}).items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and v == v
             }
             stages.append(TrainingStage(str(entry["stage"]), int(entry.get("steps", 0)), str(described), metrics))
-        datasets = [s for s in dict.fromkeys(
-            (e.get("data") or {}).get("dataset_name") for e in entries if isinstance(e, dict)
-        ) if s]  # fmt: skip
         return cls(stages=stages, datasets=datasets)
 
     @staticmethod

@@ -72,14 +72,7 @@ class Multiplexer(nn.Module):
     def reset_keys(self) -> None:
         """Re-draw the fixed keys from the seed (called by the model's ``_init_weights``)."""
 
-    def forward(
-        self,
-        embeddings: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        *,
-        index: int | None = None,
-        mixture: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     #: True when the mixture is a sum of per-instance terms: the model may then embed and mix one
