@@ -13,8 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGES = ("retrieval", "mlm", "electra")
-FAMILIES = ("bert", "electra")
+STAGES = ("retrieval", "distill", "mlm", "electra")
+FAMILIES = ("bert", "electra", "roberta", "albert")
+DISTILL_LOSSES = ("mse_cosine", "mse", "cosine")
 CORPORA = ("ptb",)
 DATA_EXTENSIONS = {"txt": "text", "text": "text", "json": "json", "jsonl": "json", "csv": "csv"}
 MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
@@ -50,8 +51,9 @@ class PretrainingArguments:
         default="retrieval",
         metadata=_help(
             "Comma-separated stages to run in order, each starting from the previous one's output: "
-            "'retrieval' (stage 1: token retrieval only), 'mlm' (stage 2, MUX-BERT: MLM + auxiliary retrieval), "
-            "'electra' (stage 2, MUX-ELECTRA). Example: retrieval,mlm."
+            "'retrieval' (stage 1: token retrieval only), 'distill' (hidden-state distillation from the N=1 "
+            "teacher, --teacher_name_or_path), 'mlm' (stage 2, MUX-BERT: MLM + auxiliary retrieval), "
+            "'electra' (stage 2, MUX-ELECTRA). Examples: retrieval,mlm; retrieval,distill; distill,mlm."
         ),
     )
     output_dir: str = field(
@@ -104,7 +106,8 @@ class PretrainingArguments:
     model_family: str | None = field(
         default=None,
         metadata=_help(
-            "bert (MUX-BERT) or electra (MUX-ELECTRA: stage 1 then trains the ELECTRA discriminator's backbone). "
+            "bert (MUX-BERT), electra (MUX-ELECTRA: stage 1 then trains the ELECTRA discriminator's backbone), "
+            "roberta or albert (warm start from a vanilla checkpoint, or a MUX checkpoint of that family). "
             "Default: the init checkpoint's family, else electra when --stages has 'electra', else bert."
         ),
     )
@@ -117,6 +120,31 @@ class PretrainingArguments:
     )
     discriminator_weight: float = field(
         default=50.0, metadata=_help("Weight of the replaced-token-detection loss (ELECTRA: 50).")
+    )
+
+    teacher_name_or_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "distill stage: the vanilla N=1 encoder to distil (a folder or Hub id sharing the student's tokenizer). "
+            "Default: --model_name_or_path when it is a vanilla (not multiplexed) checkpoint."
+        ),
+    )
+    distill_loss: str = field(
+        default="mse_cosine",
+        metadata=_help(
+            "distill stage: mse_cosine (MSE to the per-token standardised teacher states + cosine distance), "
+            "mse or cosine."
+        ),
+    )
+    distill_retrieval_coeff: float = field(
+        default=0.0, metadata=_help("distill stage: weight of the auxiliary token-retrieval loss (0: off).")
+    )
+    distill_mlm_coeff: float = field(
+        default=0.0,
+        metadata=_help(
+            "distill stage: weight of an auxiliary MLM loss (0: off). With it the student reads masked text "
+            "(--mlm_probability) and the teacher the original."
+        ),
     )
 
     # ---------------------------------------------------------------------------------------- data
@@ -296,6 +324,10 @@ class PretrainingArguments:
             )
         if self.retrieval_loss_coeff < 0 or self.task_loss_coeff < 0:
             raise ValueError("--retrieval_loss_coeff and --task_loss_coeff must be >= 0")
+        if self.distill_retrieval_coeff < 0 or self.distill_mlm_coeff < 0:
+            raise ValueError("--distill_retrieval_coeff and --distill_mlm_coeff must be >= 0")
+        if self.distill_loss not in DISTILL_LOSSES:
+            raise ValueError(f"--distill_loss must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(
                 f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
@@ -323,4 +355,4 @@ class PretrainingArguments:
         return dataclasses.asdict(self)
 
 
-__all__ = ["PretrainingArguments", "STAGES", "FAMILIES", "CORPORA", "DEFAULTS", "DATA_EXTENSIONS"]
+__all__ = ["PretrainingArguments", "STAGES", "FAMILIES", "DISTILL_LOSSES", "CORPORA", "DEFAULTS", "DATA_EXTENSIONS"]

@@ -146,6 +146,15 @@ class Stage:
     loss_fields: tuple[str, ...]
     save: Callable[[torch.nn.Module, Path, Any, Any], None]
     mlm_logits: bool = False  # the output's `logits` are MLM logits at the labelled positions
+    # The collator name in COLLATORS this stage's batches come from (default: the stage name), given the arguments.
+    collator: Callable[[PretrainingArguments], str] | None = None
+    # The loss coefficients the stage's model config gets (checked before any data is read).
+    coeffs: Callable[[PretrainingArguments], dict] | None = None
+    # Extra fields of the stage's training-record entry.
+    record: Callable[[PretrainingArguments, Any], dict] | None = None
+
+    def collator_name(self, args: PretrainingArguments) -> str:
+        return self.collator(args) if self.collator is not None else self.name
 
 
 STAGE_REGISTRY: dict[str, Stage] = {}
@@ -185,7 +194,16 @@ def check_init_compatible(args: PretrainingArguments, init_source: str, saved: d
 
 
 # model_type of a checkpoint -> family
-_FAMILY_OF_MODEL_TYPE = {"mux_bert": "bert", "bert": "bert", "mux_electra": "electra", "electra": "electra"}
+_FAMILY_OF_MODEL_TYPE = {
+    "mux_bert": "bert",
+    "bert": "bert",
+    "mux_electra": "electra",
+    "electra": "electra",
+    "mux_roberta": "roberta",
+    "roberta": "roberta",
+    "mux_albert": "albert",
+    "albert": "albert",
+}
 
 
 def model_family(args: PretrainingArguments, init_source: str | None) -> str:
@@ -195,8 +213,8 @@ def model_family(args: PretrainingArguments, init_source: str | None) -> str:
         family = _FAMILY_OF_MODEL_TYPE.get(model_type)
         if family is None:
             raise ValueError(
-                f"--model_name_or_path {init_source} holds a {model_type!r} model; pre-training starts from a BERT "
-                "or ELECTRA checkpoint (warm start) or a MUX-BERT / MUX-ELECTRA one"
+                f"--model_name_or_path {init_source} holds a {model_type!r} model; pre-training starts from a BERT, "
+                "ELECTRA, RoBERTa or ALBERT checkpoint (warm start) or a MUX one of those families"
             )
         if args.model_family is not None and args.model_family != family:
             raise ValueError(f"--model_family {args.model_family} contradicts {init_source}, a {model_type} checkpoint")
@@ -219,9 +237,10 @@ def electra_preset_name(args: PretrainingArguments) -> str:
 
 
 def _config_class(family: str):
-    from ..models import MuxBertConfig, MuxElectraConfig
+    from ..models import MuxAlbertConfig, MuxBertConfig, MuxElectraConfig, MuxRobertaConfig
 
-    return MuxBertConfig if family == "bert" else MuxElectraConfig
+    return {"bert": MuxBertConfig, "electra": MuxElectraConfig, "roberta": MuxRobertaConfig,
+            "albert": MuxAlbertConfig}[family]  # fmt: skip
 
 
 def _fresh_config_fields(args: PretrainingArguments, family: str) -> dict:
@@ -248,6 +267,11 @@ def stage_config(ctx: StageContext, coeffs: dict, family: str | None = None):
     family = family or model_family(args, ctx.init_source)
     config_class = _config_class(family)
     if ctx.init_source is None:
+        if family not in ("bert", "electra"):
+            raise ValueError(
+                f"--model_family {family} starts from a checkpoint only (--model_name_or_path, a vanilla or MUX "
+                f"{family} model); fresh models come from the bert and electra presets"
+            )
         fields = _fresh_config_fields(args, family)
         fields.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
         return config_class(**{**fields, **_mux_overrides(args), **coeffs})
@@ -289,9 +313,10 @@ def check_block_size(block_size: int, config) -> None:
 
 
 def _masked_lm_class(family: str):
-    from ..models import MuxBertForMaskedLM, MuxElectraForMaskedLM
+    from ..models import MuxAlbertForMaskedLM, MuxBertForMaskedLM, MuxElectraForMaskedLM, MuxRobertaForMaskedLM
 
-    return MuxBertForMaskedLM if family == "bert" else MuxElectraForMaskedLM
+    return {"bert": MuxBertForMaskedLM, "electra": MuxElectraForMaskedLM, "roberta": MuxRobertaForMaskedLM,
+            "albert": MuxAlbertForMaskedLM}[family]  # fmt: skip
 
 
 def _build_masked_lm(ctx: StageContext, coeffs: dict):
@@ -410,11 +435,78 @@ def _save_electra(pair, directory: Path, accelerator, state_dict) -> None:
 
 
 register_stage(Stage("retrieval", "stage 1: token retrieval", _build_retrieval, _forward_retrieval,
-                     ("loss", "retrieval_loss"), _save_model))  # fmt: skip
+                     ("loss", "retrieval_loss"), _save_model, coeffs=lambda args: dict(STAGE_1_COEFFS)))  # fmt: skip
 register_stage(Stage("mlm", "stage 2: MLM + auxiliary retrieval (MUX-BERT)", _build_mlm, _forward_mlm,
-                     ("loss", "task_loss", "retrieval_loss"), _save_model, mlm_logits=True))  # fmt: skip
+                     ("loss", "task_loss", "retrieval_loss"), _save_model, mlm_logits=True,
+                     coeffs=_mlm_coeffs))  # fmt: skip
 register_stage(Stage("electra", "stage 2: ELECTRA (MUX-ELECTRA)", _build_electra, _forward_electra,
                      ("loss", "generator_loss", "rtd_loss", "retrieval_loss"), _save_electra))  # fmt: skip
+
+
+def _distill_coeffs(args: PretrainingArguments) -> dict:
+    """The student's own loss weights: the auxiliary terms' (the model refuses two zeros; the pair then freezes
+    both heads itself, see `DistillationPair`)."""
+    coeffs = {"task_loss_coeff": args.distill_mlm_coeff, "retrieval_loss_coeff": args.distill_retrieval_coeff}
+    return coeffs if any(coeffs.values()) else dict(SAVED_COEFFS)
+
+
+def teacher_source(args: PretrainingArguments) -> str:
+    """The distillation teacher: ``--teacher_name_or_path``, else ``--model_name_or_path`` when it is vanilla."""
+    if args.teacher_name_or_path is not None:
+        return args.teacher_name_or_path
+    if args.model_name_or_path is not None:
+        if _read_config_dict(args.model_name_or_path).get("num_instances") is None:
+            return args.model_name_or_path
+        raise ValueError(
+            f"The distill stage needs a vanilla N=1 teacher, but --model_name_or_path {args.model_name_or_path} is "
+            "multiplexed: pass --teacher_name_or_path (e.g. the encoder it was warm-started from)"
+        )
+    raise ValueError("The distill stage needs a teacher: pass --teacher_name_or_path (a vanilla N=1 encoder)")
+
+
+def _build_distill(ctx: StageContext):
+    """The MUX student (a masked-LM model: its heads serve the auxiliary terms) and the frozen N=1 teacher."""
+    from .distill import DistillationPair, load_teacher
+
+    args = ctx.args
+    student = _build_masked_lm(ctx, _distill_coeffs(args))
+    teacher = load_teacher(teacher_source(args), student.config, ctx.tokenizer)
+    return DistillationPair(student, teacher, args.distill_loss, args.distill_retrieval_coeff, args.distill_mlm_coeff)
+
+
+def _forward_distill(model, batch):
+    return model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        retrieval_instance_ids=batch.get("retrieval_instance_ids"),
+        labels=batch.get("labels"),
+    )
+
+
+def _save_distill(pair, directory: Path, accelerator, state_dict) -> None:
+    """The student alone (the teacher is not part of the pair's state)."""
+    prefix = "student."
+    student_state = None if state_dict is None else {k[len(prefix) :]: v for k, v in state_dict.items()}
+    _save_model(pair.student, directory, accelerator, student_state)
+
+
+def _distill_record(args: PretrainingArguments, model) -> dict:
+    return {
+        "teacher": teacher_source(args),
+        "distillation": {
+            "loss": args.distill_loss,
+            "retrieval_coeff": args.distill_retrieval_coeff,
+            "mlm_coeff": args.distill_mlm_coeff,
+        },
+    }
+
+
+register_stage(Stage(
+    "distill", "hidden-state distillation from the N=1 teacher", _build_distill, _forward_distill,
+    ("loss", "distill_loss", "distill_mse", "distill_cosine", "distill_pooled_cosine", "task_loss", "retrieval_loss"),
+    _save_distill, mlm_logits=True, collator=lambda args: "mlm" if args.distill_mlm_coeff > 0 else "retrieval",
+    coeffs=_distill_coeffs, record=_distill_record,
+))  # fmt: skip
 
 
 def freeze_unweighted_heads(model) -> list[str]:
@@ -422,7 +514,7 @@ def freeze_unweighted_heads(model) -> list[str]:
     except parameters tied to the input embeddings. They get no gradient, which DDP would otherwise reject
     ("parameters that were not used in producing loss"), and the optimizer need not track them.
     Returns the names of the frozen parameters."""
-    parts = [model] if hasattr(model, "config") else [model.generator, model.discriminator]
+    parts = stage_parts(model)
     frozen = []
     for part in parts:
         embeddings = part.get_input_embeddings().weight
@@ -439,13 +531,26 @@ def freeze_unweighted_heads(model) -> list[str]:
     return frozen
 
 
+def stage_parts(model) -> list:
+    """The MUX models a stage trains: the model itself, a distillation pair's student, an ELECTRA pair's two."""
+    if hasattr(model, "student"):
+        return [model.student]
+    if hasattr(model, "generator"):
+        return [model.generator, model.discriminator]
+    return [model]
+
+
 def mux_config_of(model):
     """The multiplexed configuration of a stage model (the discriminator's for an ELECTRA pair)."""
-    config = getattr(model, "config", None)
-    return config if config is not None else model.discriminator.config
+    return stage_parts(model)[-1].config
 
 
 # ================================================================================================ metrics
+
+
+# Loss components a stage output may carry; each is averaged over the evaluation batches that had it.
+LOSS_NAMES = ("task_loss", "retrieval_loss", "generator_loss", "rtd_loss", "distill_loss", "distill_mse",
+              "distill_cosine", "distill_pooled_cosine")  # fmt: skip
 
 
 @dataclass
@@ -464,7 +569,7 @@ class EvalStats:
         self.add("batches", 1)
         if getattr(output, "loss", None) is not None:
             self.add("loss", output.loss.detach().float())
-        for name in ("task_loss", "retrieval_loss", "generator_loss", "rtd_loss"):
+        for name in LOSS_NAMES:
             value = getattr(output, name, None)
             if value is not None:
                 self.add(name, value.detach().float())
@@ -521,7 +626,7 @@ class EvalStats:
         batches = max(totals.get("batches", 0.0), 1.0)
         if "loss" in totals:
             out["loss"] = totals["loss"] / batches
-        for name in ("task_loss", "retrieval_loss", "generator_loss", "rtd_loss"):
+        for name in LOSS_NAMES:
             if name in totals:
                 out[name] = totals[name] / max(totals[f"{name}_batches"], 1.0)
         if totals.get("retrieval_total"):
@@ -730,9 +835,10 @@ def train_stage(
     accelerator.wait_for_everyone()
 
     rows = args.per_device_train_mux_rows
-    collator_class = COLLATORS[stage_name]
+    collator_name = stage.collator_name(args)
+    collator_class = COLLATORS[collator_name]
     collator_kwargs = {"seed": args.seed, "max_length": args.block_size}
-    if stage_name != "retrieval":
+    if collator_name != "retrieval":
         collator_kwargs["mlm_probability"] = args.mlm_probability
     train_collator = collator_class.from_tokenizer(tokenizer, n, **collator_kwargs)
     eval_collator = collator_class.from_tokenizer(tokenizer, n, **collator_kwargs)
@@ -905,6 +1011,8 @@ def train_stage(
         "wall_time_seconds": round(time.time() - started, 3),
         "resumed_from": progress.resumed_from,
     }
+    if stage.record is not None:
+        entry.update(stage.record(args, model))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(stage_dir)
         history = read_record(init_source)  # the stages that produced the init folder, oldest first
@@ -971,8 +1079,24 @@ def run_pretraining(args: PretrainingArguments, accelerator=None) -> list[dict]:
     if stages[0] == "electra" and is_electra_pair_folder(first.init_source):
         check_init_compatible(args, first.init_source, _read_config_dict(first.init_source))
     else:
-        coeffs = STAGE_1_COEFFS if stages[0] == "retrieval" else _mlm_coeffs(args)
-        check_block_size(args.block_size, stage_config(first, coeffs))
+        first_stage = STAGE_REGISTRY[stages[0]]
+        coeffs = first_stage.coeffs(args) if first_stage.coeffs is not None else {}
+        config = stage_config(first, coeffs)
+        check_block_size(args.block_size, config)
+    if "distill" in stages:  # the teacher's config and tokenizer, before any data is read
+        from transformers import AutoConfig
+
+        from .distill import check_teacher
+
+        source = teacher_source(args)
+        try:
+            teacher_config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--teacher_name_or_path {source}: no readable config.json ({error})") from error
+        student_fields = stage_config(first, {})
+        check_teacher(teacher_config, student_fields, source=source)
+        if args.prune_vocabulary:
+            raise ValueError("The distill stage needs the teacher's vocabulary: pass --prune_vocabulary false")
 
     with accelerator.main_process_first():
         raw = load_raw_datasets(args)
