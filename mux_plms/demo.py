@@ -69,6 +69,15 @@ class Recipe:
     bench_rows: int  # backbone rows per timed forward
     bench_repeats: int
     bench_warmup: int
+    # Multiplexed pre-training of each N > 1 (`mux-plms pretrain --stages ...`); the text it reads: "ptb" (Penn
+    # Treebank) or "ptb+tasks" (Penn Treebank plus the task sets' training text, labels unused).
+    pretrain_stages: str = "retrieval,mlm"
+    pretrain_text: str = "ptb"
+    distill_retrieval_coeff: float = 0.0  # the distill stage's auxiliary retrieval term
+    # Fine-tuning of each N > 1 with logit distillation from the N=1 model of the same task (trained first, once):
+    # alpha * CE + (1 - alpha) * T^2 * KL. None: plain fine-tuning.
+    distill_alpha: float | None = None
+    distill_temperature: float = 2.0
 
 
 RECIPES = {
@@ -293,11 +302,10 @@ class Demo:
             self.pretrain(self.ns[0], stop_after_stage1=True)
             self.log("demo", "stopped after stage 1 (test hook)")
             return {}
-        self.in_parallel([("pretrain", (n,)) for n in self.ns])
-        self.in_parallel([
-            ("finetune", (task, n, init if n == 1 else self.root / f"pretrain_N{n}" / "stage2_mlm"))
-            for task in self.tasks for n in self.all_ns
-        ])  # fmt: skip
+        # The N=1 baselines need no pre-training: they run beside stages 1-2 of every N (and are the logit-KD
+        # teachers of the N > 1 models, so they are trained first, once).
+        self.in_parallel([("pretrain", (n,)) for n in self.ns] + [("finetune", (task, 1, init)) for task in self.tasks])
+        self.in_parallel([("finetune", (task, n, self.pretrained_dir(n))) for task in self.tasks for n in self.ns])
         for task in self.tasks:  # alone, in this process: timings must not share the cores with training
             self.measure_throughput(task)
         results = self.report(time.time() - started)
@@ -390,25 +398,59 @@ class Demo:
             _write_json(folder / DONE, {"gaussian_hadamard_norm": model.config.gaussian_hadamard_norm})
         return folder
 
+    @property
+    def pretrain_stages(self) -> list[str]:
+        return [s.strip() for s in self.recipe.pretrain_stages.split(",") if s.strip()]
+
+    def pretrained_dir(self, n: int) -> Path:
+        """The last pre-training stage's folder of N (what fine-tuning starts from)."""
+        stages = self.pretrain_stages
+        return self.root / f"pretrain_N{n}" / f"stage{len(stages)}_{stages[-1]}"
+
+    def pretrain_text(self) -> tuple[Path, Path]:
+        """The pre-training text files: Penn Treebank, plus the task sets' training text for ``ptb+tasks``."""
+        train, valid = self.prepare_ptb()
+        if self.recipe.pretrain_text == "ptb":
+            return train, valid
+        if self.recipe.pretrain_text != "ptb+tasks":
+            raise ValueError(f"pretrain_text must be 'ptb' or 'ptb+tasks', got {self.recipe.pretrain_text!r}")
+        from .data import corpora
+
+        mixed = train.with_name("ptb_tasks_train.txt")
+        if not mixed.is_file():
+            r = self.recipe
+            polarity = corpora.polarity()["train"].shuffle(seed=self.seed)["sentence"][: r.polarity_train]
+            tweets = [" ".join(t) for t in corpora.wnut16()["train"].shuffle(seed=self.seed)["tokens"][: r.wnut_train]]
+            lines = train.read_text().splitlines() + list(polarity) + tweets
+            import random
+
+            random.Random(self.seed).shuffle(lines)
+            tmp = mixed.with_name(mixed.name + ".tmp")
+            tmp.write_text("\n".join(lines) + "\n")
+            tmp.replace(mixed)
+        return mixed, valid
+
     def pretrain(self, n: int, stop_after_stage1: bool = False) -> Path:
         from .training.arguments import PretrainingArguments
         from .training.pretrain import read_record, run_pretraining
 
         out = self.root / f"pretrain_N{n}"
-        stage2 = out / "stage2_mlm"
-        record = read_record(stage2)
-        if record and record[-1].get("stage") == "mlm":
+        final = self.pretrained_dir(n)
+        stages = self.pretrain_stages
+        record = read_record(final)
+        if record and record[-1].get("stage") == stages[-1] and record[-1].get("stage_index") == len(stages):
             self.log(f"pretrain N={n}", "skip (finished)")
-            return stage2
+            return final
         r = self.recipe
-        train, valid = self.prepare_ptb()
+        train, valid = self.pretrain_text()
+        teacher = {"teacher_name_or_path": str(self.baseline_init())} if "distill" in stages else {}
         source = (
             {"model_name_or_path": str(self.mux_init(n))}
             if r.backbone == "minilm"
             else {"preset": r.backbone, "tokenizer_name": str(minilm_dir())}
         )
         args = PretrainingArguments(
-            stages="retrieval" if stop_after_stage1 else "retrieval,mlm",
+            stages=stages[0] if stop_after_stage1 else ",".join(stages),
             output_dir=str(out),
             num_instances=n,
             muxing_variant=MUXING,
@@ -430,70 +472,42 @@ class Demo:
             report_to="none",
             seed=self.seed,
             cache_dir=str(self.root / "cache"),
+            distill_retrieval_coeff=r.distill_retrieval_coeff,
+            **teacher,
             **source,
         )
         self.log(f"pretrain N={n}", "run", stages=args.stages)
         run_pretraining(args)
         if not stop_after_stage1:
             self.log(f"pretrain N={n}", "done")
-        return stage2
+        return final
 
     # ---------------------------------------------------------------------------------- stage 3
     def _task_data(self, task: str):
-        from .data import corpora
+        from .training.task_finetune import load_task_data
 
         r = self.recipe
-        raw = corpora.polarity() if task == "polarity" else corpora.wnut16()
         train_count = r.polarity_train if task == "polarity" else r.wnut_train
-        train = raw["train"].shuffle(seed=self.seed).select(range(min(train_count, len(raw["train"]))))
-        valid = raw["validation"].select(range(min(r.eval_examples, len(raw["validation"]))))
-        return self._tokenize(task, train), self._tokenize(task, valid), raw["train"].features
+        return load_task_data(task, self.tokenizer, train_count, r.eval_examples, r.max_seq_length, self.seed)
 
-    def _tokenize(self, task: str, dataset):
-        from .training.finetune import align_word_labels
+    def teacher_for(self, task: str, n: int):
+        """The logit-distillation teacher of (task, N): the N=1 model fine-tuned on the task, or None."""
+        if n == 1 or self.recipe.distill_alpha is None:
+            return None
+        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-        tok, length = self.tokenizer, self.recipe.max_seq_length
-        if task == "polarity":
-
-            def encode(batch):
-                encoded = tok(batch["sentence"], truncation=True, max_length=length)
-                encoded["labels"] = batch["label"]
-                return encoded
-        else:
-
-            def encode(batch):
-                encoded = tok(batch["tokens"], is_split_into_words=True, truncation=True, max_length=length)
-                word_ids = [encoded.word_ids(i) for i in range(len(batch["tokens"]))]
-                encoded["labels"] = [align_word_labels(w, tags) for w, tags in zip(word_ids, batch["ner_tags"])]
-                encoded["word_ids"] = [[-1 if x is None else x for x in w] for w in word_ids]
-                encoded["word_labels"] = batch["ner_tags"]  # truncated sentences score their kept words only
-                return encoded
-
-        return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
-
-    def _collator(self, task: str):
-        from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
-
-        if task == "polarity":
-            return DataCollatorWithPadding(self.tokenizer)
-        return DataCollatorForTokenClassification(self.tokenizer)
+        folder = self.root / "finetune" / f"{task}_N1"
+        if not (folder / DONE).is_file():
+            raise ValueError(f"The N={n} {task} model distils the N=1 model, which is not trained yet ({folder})")
+        auto = AutoModelForSequenceClassification if task == "polarity" else AutoModelForTokenClassification
+        return auto.from_pretrained(str(folder / "model"))
 
     def finetune(self, task: str, n: int, source: Path) -> dict:
-        """Fine-tune one model (or skip it when its ``done.json`` exists) and evaluate its quality."""
-        import numpy as np
+        """Fine-tune one model with `Trainer` (or skip it when its ``done.json`` exists) and evaluate it."""
         import torch
-        from tqdm.auto import tqdm
-        from transformers import get_scheduler
 
-        from .training.finetune import (
-            MuxModelArguments,
-            classification_metrics,
-            evaluate_logits,
-            inspect_checkpoint,
-            load_model,
-            seqeval_metrics,
-            word_level_predictions,
-        )
+        from .training.finetune import MuxModelArguments, inspect_checkpoint, load_model
+        from .training.task_finetune import finetune_task
 
         folder = self.root / "finetune" / f"{task}_N{n}"
         if (folder / DONE).is_file():
@@ -501,62 +515,27 @@ class Demo:
             return json.loads((folder / DONE).read_text())
         self.log(f"finetune {task} N={n}", "run", init=str(source))
         r = self.recipe
-        train, valid, features = self._task_data(task)
-        label_names = features["label"].names if task == "polarity" else features["ner_tags"].feature.names
-        # N=1: the vanilla encoder itself (the same recipe without multiplexing); N>1: the stage-2 MUX checkpoint.
+        data = self._task_data(task)
+        # N=1: the vanilla encoder itself (the same recipe without multiplexing); N>1: the pre-trained MUX checkpoint.
         # MUX sentence heads read the mean of each instance's demultiplexed token states: stages 1-2 trained the
-        # token states (retrieval, MLM), never the first token, and MiniLM itself was trained with mean pooling.
+        # token states (retrieval, MLM, distillation), never the first token, and MiniLM was trained with mean pooling.
         pooling = SEQUENCE_POOLING if n > 1 and task == "polarity" else None
         model_args = MuxModelArguments(model_name_or_path=str(source), sequence_pooling=pooling)
         info = inspect_checkpoint(model_args)
         head = "sequence" if task == "polarity" else "token"
         torch.manual_seed(self.seed)
-        model = load_model(model_args, info, head, len(label_names), dict(enumerate(label_names)))
-        collator = self._collator(task)
-        columns = ["input_ids", "token_type_ids", "attention_mask", "labels"]
-        features_train = train.select_columns([c for c in columns if c in train.column_names]).to_list()
-        batch_size = r.finetune_rows * n
-        total = r.finetune_steps
-        optimizer = torch.optim.AdamW(model.parameters(), lr=r.finetune_lr, weight_decay=0.01)
-        scheduler = get_scheduler("linear", optimizer, num_warmup_steps=max(1, total // 10), num_training_steps=total)
-        generator = torch.Generator().manual_seed(self.seed)
-        model.train()
-        started, losses, step = time.perf_counter(), [], 0
-        bar = tqdm(total=total, desc=f"stage 3 finetune {task} N={n}", unit="step")
-        while step < total:
-            order = torch.randperm(len(features_train), generator=generator).tolist()
-            for first in range(0, len(order), batch_size):
-                if step >= total:
-                    break
-                batch = collator([features_train[i] for i in order[first : first + batch_size]])
-                loss = model(**batch).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                losses.append(float(loss.detach()))
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{statistics.fmean(losses[-10:]):.3f}")
-        bar.close()
-        train_seconds = time.perf_counter() - started
-
-        pad = collator if task == "polarity" else self._collator("polarity")  # inputs only: plain padding
-        result = evaluate_logits(model, valid, pad, batch_size, desc=f"evaluate {task} N={n}")
-        if task == "polarity":
-            predicted = result.stacked().argmax(-1)
-            metrics = classification_metrics(["accuracy", "f1"], predicted, np.asarray(valid["labels"]))
-        else:
-            predictions, references = [], []
-            for logits, word_ids, gold in zip(result.logits, valid["word_ids"], valid["word_labels"]):
-                words = word_level_predictions(logits, word_ids)
-                predictions.append([label_names[p] for p in words])
-                references.append([label_names[g] for g in gold[: len(words)]])
-            metrics = seqeval_metrics(predictions, references)
+        model = load_model(model_args, info, head, len(data.label_names), dict(enumerate(data.label_names)))
+        teacher = self.teacher_for(task, n)
+        result = finetune_task(
+            model, self.tokenizer, data, steps=r.finetune_steps, batch_size=r.finetune_rows * n,
+            learning_rate=r.finetune_lr, seed=self.seed, output_dir=folder / "trainer", teacher=teacher,
+            distill_alpha=r.distill_alpha if teacher is not None else 0.5, distill_temperature=r.distill_temperature,
+            desc=f"{task} N={n}",
+        )  # fmt: skip
         model_dir = folder / "model"
         model.save_pretrained(model_dir)
         self.tokenizer.save_pretrained(model_dir)
+        metrics = result.metrics
         summary = {
             "task": task,
             "num_instances": n,
@@ -564,14 +543,16 @@ class Demo:
             "metric": TASK_METRIC[task],
             "value": float(metrics[TASK_METRIC[task]]),
             "metrics": metrics,
-            "train_examples": len(features_train),
-            "eval_examples": len(valid),
-            "steps": total,
-            "batch_size": batch_size,
+            "train_examples": len(data.train),
+            "eval_examples": len(data.valid),
+            "steps": r.finetune_steps,
+            "batch_size": r.finetune_rows * n,
             "learning_rate": r.finetune_lr,
-            "final_train_loss": statistics.fmean(losses[-10:]),
-            "train_seconds": round(train_seconds, 2),
-            "eval_loop_instances_per_second": round(result.instances_per_second, 2),
+            "teacher": str(self.root / "finetune" / f"{task}_N1" / "model") if teacher is not None else None,
+            "distillation": result.distillation,
+            "final_train_loss": result.final_train_loss,
+            "train_seconds": round(result.train_seconds, 2),
+            "eval_loop_instances_per_second": round(metrics.get("eval_instances_per_second", 0.0), 2),
         }
         _write_json(folder / DONE, summary)
         self.log(f"finetune {task} N={n}", "done", **{TASK_METRIC[task]: round(summary["value"], 4)})
@@ -595,8 +576,7 @@ class Demo:
                 return saved
         self.log(f"throughput {task}", "run")
         r = self.recipe
-        _, valid, _ = self._task_data(task)
-        ids = valid["input_ids"]
+        ids = self._task_data(task).valid["input_ids"]
         auto = AutoModelForSequenceClassification if task == "polarity" else AutoModelForTokenClassification
         forwards, batch_sizes = {}, {}
         for n in self.all_ns:
@@ -667,10 +647,7 @@ class Demo:
             "tasks": self.tasks,
             "rows": rows,
             "throughput": {t: json.loads((self.root / f"throughput_{t}.json").read_text()) for t in self.tasks},
-            "pretraining": {
-                str(n): [_stage_summary(e) for e in _read_list(self.root / f"pretrain_N{n}" / "stage2_mlm")]
-                for n in self.ns
-            },
+            "pretraining": {str(n): [_stage_summary(e) for e in _read_list(self.pretrained_dir(n))] for n in self.ns},
             "plots": [p.name for p in plots],
             "model_cards": [str(Path(c).relative_to(self.root)) for c in cards],
             "wall_seconds_this_run": round(seconds, 1),
@@ -690,9 +667,11 @@ class Demo:
         speed = json.loads((self.root / f"throughput_{task}.json").read_text())
         stages = []
         if n > 1:
-            for entry in _read_list(self.root / f"pretrain_N{n}" / "stage2_mlm"):
-                stages.append(TrainingStage(entry["stage"], int(entry.get("steps", 0)),
-                                            "Penn Treebank (treebank package)",
+            text = "Penn Treebank (treebank package)"
+            if self.recipe.pretrain_text == "ptb+tasks":
+                text += f" + the training text of {', '.join(TASK_DATA[t] for t in TASKS)}"
+            for entry in _read_list(self.pretrained_dir(n)):
+                stages.append(TrainingStage(entry["stage"], int(entry.get("steps", 0)), text,
                                             _numeric(entry.get("final_metrics", {}))))  # fmt: skip
         stages.append(
             TrainingStage("finetune", int(done["steps"]), TASK_DATA[task], {"train_loss": done["final_train_loss"]})

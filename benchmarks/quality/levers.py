@@ -1,0 +1,140 @@
+"""Quality levers, measured: fine-tune one recipe on a shipped task and record quality vs training CPU time.
+
+Every run appends one JSON line to ``--output`` (default ``benchmarks/results/quality/runs.jsonl``): its name,
+every setting, the quality curve (``--eval-every``) with the training seconds at each point, and the final
+metrics. Runs go through :func:`mux_plms.training.task_finetune.finetune_task` (`Trainer`, or
+`DistillationTrainer` with ``--teacher``), the path of the demo.
+
+    # the N=1 baseline, saved (it is also the logit-KD teacher of the N>1 runs)
+    python benchmarks/quality/levers.py --name n1 -N 1 --steps 600 --save runs/quality/polarity_N1
+    # N=2, binary Hadamard keys + RSA, warm start from MiniLM, no pre-training
+    python benchmarks/quality/levers.py --name bin_rsa -N 2 --muxing binary_hadamard --steps 600
+    # the same with logit KD from the N=1 model
+    python benchmarks/quality/levers.py --name bin_rsa_kd -N 2 --teacher runs/quality/polarity_N1 --steps 600
+    # from a pre-trained / distilled MUX checkpoint
+    python benchmarks/quality/levers.py --name distilled -N 2 --init runs/distill/stage1_distill --steps 600
+
+``benchmarks/quality/report.py`` turns the runs into the ablation table and the quality-vs-minutes plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--task", default="polarity", choices=["polarity", "wnut16"])
+    parser.add_argument("-N", "--num-instances", type=int, required=True)
+    parser.add_argument("--init", default="minilm", help="'minilm' (warm start) or a MUX / vanilla folder")
+    parser.add_argument("--muxing", default="binary_hadamard")
+    parser.add_argument("--demuxing", default="rsa")
+    parser.add_argument("--key-norm", type=float, default=None, help="gaussian_hadamard_norm (default sqrt(hidden))")
+    parser.add_argument("--pooling", default="mean", choices=["first", "mean"])
+    parser.add_argument("--config", nargs="*", default=[], help="extra config overrides key=value (JSON values)")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--rows", type=int, default=8, help="backbone rows per step (rows x N sequences)")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--teacher", default=None, help="an N=1 fine-tuned model folder: logit KD")
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--train-examples", type=int, default=3200)
+    parser.add_argument("--eval-examples", type=int, default=400)
+    parser.add_argument("--max-length", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--save", default=None, help="save the fine-tuned model here")
+    parser.add_argument("--output", default=str(REPO / "benchmarks/results/quality/runs.jsonl"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+    import mux_plms  # noqa: F401
+    from mux_plms.demo import minilm_dir
+    from mux_plms.training.finetune import MuxModelArguments, inspect_checkpoint, load_model
+    from mux_plms.training.task_finetune import finetune_task, load_task_data
+
+    init = str(minilm_dir()) if args.init == "minilm" else args.init
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    data = load_task_data(args.task, tokenizer, args.train_examples, args.eval_examples, args.max_length, args.seed)
+    head = "sequence" if args.task == "polarity" else "token"
+    n = args.num_instances
+    config = json.loads((Path(init) / "config.json").read_text())
+    vanilla = config.get("num_instances") is None
+    model_args = MuxModelArguments(
+        model_name_or_path=init,
+        num_instances=n if (vanilla and n > 1) else None,
+        muxing_variant=args.muxing if (vanilla and n > 1) else None,
+        demuxing_variant=args.demuxing if (vanilla and n > 1) else None,
+        gaussian_hadamard_norm=(args.key_norm or config["hidden_size"] ** 0.5) if (vanilla and n > 1) else None,
+        sequence_pooling=args.pooling if (n > 1 and head == "sequence") else None,
+        muxing_seed=args.seed if (vanilla and n > 1) else None,
+    )
+    info = inspect_checkpoint(model_args)
+    torch.manual_seed(args.seed)
+    model = load_model(model_args, info, head, len(data.label_names), dict(enumerate(data.label_names)))
+    for item in args.config:
+        key, value = item.split("=", 1)
+        setattr(model.config, key, json.loads(value))
+    teacher = None
+    if args.teacher:
+        auto = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
+        teacher = auto.from_pretrained(args.teacher)
+    batch = args.rows * n
+    started = time.time()
+    result = finetune_task(model, tokenizer, data, steps=args.steps, batch_size=batch, learning_rate=args.lr,
+                           seed=args.seed, output_dir=f"/tmp/levers/{args.name}", teacher=teacher,
+                           distill_alpha=args.alpha, distill_temperature=args.temperature,
+                           eval_every=args.eval_every, desc=args.name)  # fmt: skip
+    if args.save:
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
+    init_record = []
+    record_path = Path(init) / "training_record.json"
+    if record_path.is_file():
+        init_record = json.loads(record_path.read_text())
+        init_record = init_record if isinstance(init_record, list) else [init_record]
+    line = {
+        "name": args.name,
+        "task": args.task,
+        "num_instances": n,
+        "metric": data.metric,
+        "value": result.metrics[data.metric],
+        "metrics": result.metrics,
+        "curve": result.curve,
+        "train_seconds": round(result.train_seconds, 1),
+        "wall_seconds": round(time.time() - started, 1),
+        "threads": torch.get_num_threads(),
+        "init": args.init,
+        "init_train_seconds": round(sum(float(e.get("train_seconds", 0)) for e in init_record), 1),
+        "init_stages": [{"stage": e.get("stage"), "steps": e.get("steps")} for e in init_record],
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output", "name")},
+        "model_class": type(model).__name__,
+        "distillation": result.distillation,
+        "final_train_loss": result.final_train_loss,
+        "load": os.getloadavg()[0],
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    print(json.dumps({k: line[k] for k in ("name", "value", "train_seconds", "curve")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
