@@ -311,3 +311,29 @@ def test_mean_sequence_pooling_averages_each_instances_own_token_states(demuxing
         model.config.sequence_pooling = "first"
         first = model(**inputs).logits
     assert not torch.allclose(first, logits)
+
+
+def test_instance_layers_run_the_first_layers_per_instance_before_mixing(tiny):
+    """Combine first: at N=1 (binary keys: the identity) mixing after k layers changes nothing; at N=2 an
+    instance's states depend on its partner only through the layers after mixing, and padding rows change
+    nothing."""
+    from mux_plms import MuxBertModel
+
+    torch.manual_seed(0)
+    plain = MuxBertModel(tiny(num_instances=1, muxing_variant="binary_hadamard", demuxing_variant="rsa")).eval()
+    combined = MuxBertModel(tiny(num_instances=1, muxing_variant="binary_hadamard", demuxing_variant="rsa",
+                                 instance_layers=1)).eval()  # fmt: skip
+    combined.load_state_dict(plain.state_dict())
+    ids = torch.randint(5, 120, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    torch.testing.assert_close(combined(ids, mask).last_hidden_state, plain(ids, mask).last_hidden_state)
+
+    model = MuxBertModel(tiny(num_instances=2, muxing_variant="gaussian_hadamard", demuxing_variant="rsa",
+                              instance_layers=1)).eval()  # fmt: skip
+    states = model(ids, mask).last_hidden_state
+    padded = model(torch.cat([ids, torch.zeros(1, 7, dtype=torch.long)]),
+                   torch.cat([mask, torch.zeros(1, 7, dtype=torch.long)])).last_hidden_state  # fmt: skip
+    torch.testing.assert_close(padded[:3], states, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"instance_layers must be an integer in .* = \[0, 1\], got 2"):
+        tiny(instance_layers=2)

@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--rows", type=int, default=8, help="backbone rows per step (rows x N sequences)")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--new-lr-scale", type=float, default=1.0, help="lr multiplier of the fresh modules")
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--teacher", default=None, help="an N=1 fine-tuned model folder: logit KD")
     parser.add_argument("--alpha", type=float, default=0.5)
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
     result = finetune_task(model, tokenizer, data, steps=args.steps, batch_size=batch, learning_rate=args.lr,
                            seed=args.seed, output_dir=f"/tmp/levers/{args.name}", teacher=teacher,
                            distill_alpha=args.alpha, distill_temperature=args.temperature,
-                           eval_every=args.eval_every, desc=args.name)  # fmt: skip
+                           eval_every=args.eval_every, new_module_lr_scale=args.new_lr_scale,
+                           desc=args.name)  # fmt: skip
     if args.save:
         model.save_pretrained(args.save)
         tokenizer.save_pretrained(args.save)

@@ -55,6 +55,8 @@ def describe(run: dict) -> str:
         parts.append(f"logit KD a={s['alpha']} T={s['temperature']}")
     if run["num_instances"] > 1 and s.get("pooling"):
         parts.append(f"{s['pooling']} pooling")
+    if s.get("new_lr_scale", 1.0) != 1.0:
+        parts.append(f"new modules lr x{s['new_lr_scale']:g}")
     if s.get("config"):
         parts.append(" ".join(s["config"]))
     return ", ".join(parts)

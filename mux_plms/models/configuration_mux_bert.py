@@ -47,6 +47,10 @@ class MultiplexingConfigMixin:
             excluded; every position is demultiplexed, as for token classification). ``"mean"`` suits
             warm starts from encoders trained with mean pooling (sentence-transformers such as MiniLM) and
             models whose token states were trained by retrieval / MLM but whose first token was not.
+        instance_layers: the first k backbone layers run on every instance separately, before mixing ("combine
+            first", as in RevMUX's prefilling): the mixture then enters layer k. Costs k x N layer passes per mux
+            group instead of k, so the throughput bound is ``L N / (k N + L - k)`` for L layers; 0 (default)
+            mixes the embeddings, as MUX-PLMs does. MUX-BERT only.
         prefix_filler_token_id: vocabulary id of the filler token of the `prefix` demultiplexer.
         prefix_index_token_ids: vocabulary ids of the N index tokens (default: ids 2 .. N+1, the
             `[unused*]` tokens of the BERT vocabulary).
@@ -96,6 +100,7 @@ class MultiplexingConfigMixin:
     task_loss_coeff: float | int = 1.0
     muxing_seed: int = 0
     sequence_pooling: str = "first"
+    instance_layers: int = 0
     prefix_filler_token_id: int = 1
     prefix_index_token_ids: list[int] | None = None
     # Legacy options (DESIGN.md section 4, docs/legacy-checkpoints.md); all off by default.
@@ -136,6 +141,12 @@ def validate_multiplexing_fields(config) -> None:
         raise ValueError(f"sequence_pooling must be one of {', '.join(SEQUENCE_POOLINGS)}; got {pooling!r}")
     if config.num_hidden_demux_layers < 1:
         raise ValueError(f"num_hidden_demux_layers must be >= 1, got {config.num_hidden_demux_layers}")
+    k = getattr(config, "instance_layers", 0)
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or (layers is not None and k >= layers):
+        raise ValueError(
+            f"instance_layers must be an integer in [0, num_hidden_layers - 1] = [0, {(layers or 1) - 1}], got {k!r}"
+        )
     if not 0.0 <= config.binary_hadamard_epsilon <= 1.0:
         raise ValueError(f"binary_hadamard_epsilon must lie in [0, 1], got {config.binary_hadamard_epsilon}")
     if config.gaussian_hadamard_norm <= 0:

@@ -145,7 +145,15 @@ class MuxBertModel(MultiplexedEncoderMixin, MuxBertPreTrainedModel):
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
 
-    def encode(self, mixture, attention_mask, output_hidden_states=False):
+    def run_layers(self, hidden, attention_mask, start: int, end: int):
+        """Backbone layers ``start .. end-1`` on `hidden` ``(rows, L, H)`` with the padding mask ``(rows, L)``
+        (``instance_layers``: the layers each instance runs on its own before mixing)."""
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for layer in self.encoder.layer[start:end]:
+            hidden = layer(hidden, mask)
+        return hidden
+
+    def encode(self, mixture, attention_mask, output_hidden_states=False, first_layer: int = 0):
         if self.config.legacy_embed_mixture:
             # Original implementation: the mixture re-enters the embedding layer (positions, token
             # types and LayerNorm applied twice) and the encoder runs without an attention mask.
@@ -154,7 +162,7 @@ class MuxBertModel(MultiplexedEncoderMixin, MuxBertPreTrainedModel):
         mask = create_bidirectional_mask(config=self.config, inputs_embeds=mixture, attention_mask=attention_mask)
         hidden = mixture
         all_hidden = [hidden] if output_hidden_states else None
-        for layer in self.encoder.layer:
+        for layer in self.encoder.layer[first_layer:]:
             hidden = layer(hidden, mask)
             if all_hidden is not None:
                 all_hidden.append(hidden)

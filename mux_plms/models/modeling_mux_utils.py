@@ -195,17 +195,29 @@ class MultiplexedEncoderMixin:
         g, n = batch.num_groups, batch.num_instances
         mask = batch.attention_mask
         length = mask.shape[1]
+        k = getattr(self.config, "instance_layers", 0)
+        if k and not hasattr(self, "run_layers"):
+            raise ValueError(f"instance_layers={k} is not supported by {type(self).__name__} (MUX-BERT only)")
         if self.multiplexer.streaming:
             # Embed and mix one instance slot at a time: the N-fold embeddings never exist.
             mixture = None
+            slot_masks = mask.view(g, n, length)
             for index in range(n):
                 slot = self._instance_slot(index, g, input_ids, token_type_ids, position_ids, inputs_embeds)
-                mixture = self.multiplexer(self.embed(*slot), None, index=index, mixture=mixture)
+                embedded = self.embed(*slot)
+                if k:  # combine first: the first k layers on this instance alone
+                    embedded = self.run_layers(embedded, fix_empty_rows(slot_masks[:, index]).long(), 0, k)
+                mixture = self.multiplexer(embedded, None, index=index, mixture=mixture)
         else:
             embeddings = self.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
+            if k:
+                embeddings = self.run_layers(embeddings, fix_empty_rows(mask).long(), 0, k)
             mixture = self.multiplexer(embeddings.view(g, n, length, -1), mask.view(g, n, length))
         union_mask = fix_empty_rows(mask.view(g, n, length).any(dim=1)).long()
-        mixed, hidden_states = self.encode(mixture, union_mask, output_hidden_states)
+        if k:
+            mixed, hidden_states = self.encode(mixture, union_mask, output_hidden_states, first_layer=k)
+        else:
+            mixed, hidden_states = self.encode(mixture, union_mask, output_hidden_states)
         return mixed, batch, hidden_states
 
     @staticmethod

@@ -101,6 +101,31 @@ def evaluate_task(model, data: TaskData, tokenizer, batch_size: int, desc: str |
     return metrics
 
 
+# Modules a warm start creates fresh (the backbone's own weights are the rest).
+NEW_MODULES = ("multiplexer", "demultiplexer", "classifier", "retrieval_head")
+
+
+def scaled_optimizer(model, learning_rate: float, scale: float):
+    """AdamW with `learning_rate` for the backbone and ``learning_rate * scale`` for the modules a warm start
+    creates (:data:`NEW_MODULES`); no weight decay on biases and norms, 0.01 elsewhere (Trainer's rule)."""
+    import torch
+
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        new = any(part in name.split(".") for part in NEW_MODULES)
+        decay = parameter.ndim >= 2 and "norm" not in name.lower()
+        groups.setdefault((new, decay), []).append(parameter)
+    return torch.optim.AdamW(
+        [
+            {"params": params, "lr": learning_rate * (scale if new else 1.0), "weight_decay": 0.01 if decay else 0.0}
+            for (new, decay), params in groups.items()
+        ],
+        lr=learning_rate,
+    )
+
+
 @dataclass
 class FinetuneResult:
     metrics: dict[str, float]
@@ -125,6 +150,7 @@ def finetune_task(
     distill_temperature: float = 2.0,
     eval_every: int = 0,
     eval_batch_size: int | None = None,
+    new_module_lr_scale: float = 1.0,
     desc: str = "finetune",
 ) -> FinetuneResult:
     """Fine-tune `model` on ``data.train`` for `steps` optimizer steps of `batch_size` examples (AdamW, 10% linear
@@ -176,6 +202,8 @@ def finetune_task(
         "processing_class": tokenizer,
         "callbacks": [Curve()],
     }
+    if new_module_lr_scale != 1.0:
+        kwargs["optimizers"] = (scaled_optimizer(model, learning_rate, new_module_lr_scale), None)
     if teacher is not None:
         from .distillation import DistillationTrainer
 
