@@ -11,6 +11,10 @@ ensemble (`--ensemble`) or group inputs by length (`--group_by_length_eval`).
         --do_train --do_eval --do_predict --max_seq_length 64 --output_dir out/polarity
     python examples/run_glue.py --model_name_or_path BERT_DIR --num_instances 2 \\
         --muxing_variant gaussian_hadamard --demuxing_variant rsa --task_name sst2 --do_train --do_eval ...
+
+With `--teacher_model_name_or_path` (a fine-tuned N=1 model, or a MUX model), training distils it
+(`mux_plms.training.DistillationTrainer`: `--distill_alpha` weighs the task loss, `1 - alpha` the
+temperature-`--distill_temperature` KL to the teacher's logits on the same batch).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from transformers import (
 )
 
 from mux_plms.data import tasks
+from mux_plms.training.distillation import DistillationTrainer, load_teacher
 from mux_plms.training.finetune import (
     check_eval_arguments,
     check_max_seq_length,
@@ -70,7 +75,7 @@ class DataTrainingArguments:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, eval_args, training_args = parse_arguments(DataTrainingArguments, argv)
+    model_args, data_args, eval_args, distill_args, training_args = parse_arguments(DataTrainingArguments, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
 
@@ -141,7 +146,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return classification_metrics(metric_names, predicted, prediction.label_ids)
 
     metric_names = task.metrics if task else (("pearson", "spearmanr") if labels.is_regression else ("accuracy",))
-    trainer = Trainer(
+    trainer_class, distillation = Trainer, {}
+    if distill_args.enabled and training_args.do_train:  # the teacher's soft labels join the training loss
+        teacher, teacher_tokenizer = load_teacher(
+            distill_args.teacher_model_name_or_path, "sequence", model_args.cache_dir, data_args.max_seq_length
+        )
+        logger.info("Teacher: %s (%s)", type(teacher).__name__, distill_args.teacher_model_name_or_path)
+        trainer_class, distillation = DistillationTrainer, distill_args.trainer_kwargs(teacher, teacher_tokenizer)
+    elif distill_args.enabled:
+        logger.warning("--teacher_model_name_or_path is only used for training (--do_train): ignored")
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=data.get("train"),
@@ -149,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
+        **distillation,
     )
     all_metrics: dict[str, float] = {}
     if training_args.do_train:

@@ -13,6 +13,9 @@ prediction files.
 
     python examples/run_ner.py --model_name_or_path MODEL_DIR --dataset_name wnut16 \\
         --do_train --do_eval --do_predict --max_seq_length 64 --output_dir out/wnut16
+
+With `--teacher_model_name_or_path` (a fine-tuned N=1 token classifier, or a MUX one), training distils
+it per token at the labelled word pieces (the positions whose label is not -100; see `run_glue.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from transformers import (
 )
 
 from mux_plms.data import tasks
+from mux_plms.training.distillation import DistillationTrainer, load_teacher
 from mux_plms.training.finetune import (
     align_word_labels,
     check_eval_arguments,
@@ -85,7 +89,7 @@ class DataTrainingArguments:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, eval_args, training_args = parse_arguments(DataTrainingArguments, argv)
+    model_args, data_args, eval_args, distill_args, training_args = parse_arguments(DataTrainingArguments, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
 
@@ -189,7 +193,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ]
         return score([[p for p, _ in row] for row in pairs], [[r for _, r in row] for row in pairs])
 
-    trainer = Trainer(
+    trainer_class, distillation = Trainer, {}
+    if distill_args.enabled and training_args.do_train:  # per-token soft labels at the labelled word pieces
+        teacher, teacher_tokenizer = load_teacher(
+            distill_args.teacher_model_name_or_path, "token", model_args.cache_dir, data_args.max_seq_length
+        )
+        logger.info("Teacher: %s (%s)", type(teacher).__name__, distill_args.teacher_model_name_or_path)
+        trainer_class, distillation = DistillationTrainer, distill_args.trainer_kwargs(teacher, teacher_tokenizer)
+    elif distill_args.enabled:
+        logger.warning("--teacher_model_name_or_path is only used for training (--do_train): ignored")
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=data["train"].remove_columns("word_ids") if "train" in data else None,
@@ -197,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         data_collator=DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=None),
         compute_metrics=compute_metrics,
+        **distillation,
     )
     all_metrics: dict[str, float] = {}
     if training_args.do_train:

@@ -1,5 +1,6 @@
-"""Training: arguments, the Accelerate pre-training loop (stage 1 token retrieval, stage 2 MLM or ELECTRA) and
-the MUX-ELECTRA generator/discriminator pairing.
+"""Training: arguments, the Accelerate pre-training loop (stage 1 token retrieval, stage 2 MLM or ELECTRA),
+the MUX-ELECTRA generator/discriminator pairing and task-level distillation through `Trainer`
+(:class:`DistillationTrainer`).
 
 Submodules are imported on first attribute access, so ``import mux_plms.training.electra`` does not pull in the
 pre-training loop and vice versa.
@@ -19,6 +20,9 @@ _LAZY = {
     "TrainingProgress": "pretrain",
     "MuxElectraPretrainingPair": "electra",
     "load_electra_preset": "electra",
+    "DistillationTrainer": "distillation",
+    "DistillationArguments": "distillation",
+    "load_teacher": "distillation",
 }
 
 

@@ -1,7 +1,8 @@
 """Fine-tuning helpers shared by `examples/run_glue.py` and `examples/run_ner.py`.
 
 * argument dataclasses for the model (:class:`MuxModelArguments`) and the evaluation
-  (:class:`MuxEvalArguments`), parsed with `HfArgumentParser` next to `TrainingArguments`;
+  (:class:`MuxEvalArguments`), parsed with `HfArgumentParser` next to the distillation arguments
+  (:class:`~mux_plms.training.distillation.DistillationArguments`) and `TrainingArguments`;
 * :func:`inspect_checkpoint` / :func:`load_model`: a MUX checkpoint, a vanilla BERT warm-started into
   a MUX model (``--num_instances``), or a vanilla BERT baseline; every mismatch is a `ValueError`
   raised before training;
@@ -127,14 +128,19 @@ class MuxEvalArguments:
 
 
 def parse_arguments(data_arguments_class: type, argv: Sequence[str] | None = None) -> tuple:
-    """Parse ``(MuxModelArguments, data_arguments_class, MuxEvalArguments, TrainingArguments)`` from `argv`
-    (default ``sys.argv[1:]``) or from a single ``.json`` file argument, as transformers' examples do."""
+    """Parse ``(MuxModelArguments, data_arguments_class, MuxEvalArguments, DistillationArguments,
+    TrainingArguments)`` from `argv` (default ``sys.argv[1:]``) or from a single ``.json`` file argument, as
+    transformers' examples do."""
     import os
     import sys
 
     from transformers import HfArgumentParser, TrainingArguments
 
-    parser = HfArgumentParser((MuxModelArguments, data_arguments_class, MuxEvalArguments, TrainingArguments))
+    from .distillation import DistillationArguments
+
+    parser = HfArgumentParser(
+        (MuxModelArguments, data_arguments_class, MuxEvalArguments, DistillationArguments, TrainingArguments)
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
