@@ -12,7 +12,7 @@ import torch
 from conftest import minilm_dir
 from test_pretrain import cli_command, fresh_accelerate_state, run, subprocess_env, texts, tiny_args, tiny_flags
 
-from mux_plms.training.distill import DistillationPair, hidden_distillation_loss, standardize
+from mux_plms.training.distill_stage import DistillationPair, hidden_distillation_loss, standardize
 
 __all__ = ["fresh_accelerate_state", "texts"]  # fixtures used here
 

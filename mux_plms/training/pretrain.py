@@ -466,7 +466,7 @@ def teacher_source(args: PretrainingArguments) -> str:
 
 def _build_distill(ctx: StageContext):
     """The MUX student (a masked-LM model: its heads serve the auxiliary terms) and the frozen N=1 teacher."""
-    from .distill import DistillationPair, load_teacher
+    from .distill_stage import DistillationPair, load_teacher
 
     args = ctx.args
     student = _build_masked_lm(ctx, _distill_coeffs(args))
@@ -1086,7 +1086,7 @@ def run_pretraining(args: PretrainingArguments, accelerator=None) -> list[dict]:
     if "distill" in stages:  # the teacher's config and tokenizer, before any data is read
         from transformers import AutoConfig
 
-        from .distill import check_teacher
+        from .distill_stage import check_teacher
 
         source = teacher_source(args)
         try:
