@@ -236,3 +236,12 @@ def test_sigkill_during_distillation_then_resume_matches_an_uninterrupted_run(te
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
     assert resumed["final_metrics"]["distill_loss"] == pytest.approx(reference["final_metrics"]["distill_loss"])
+
+
+def test_card_of_a_distilled_folder_names_the_stage_and_the_teacher(texts, teacher, tmp_path):
+    from mux_plms.hub import write_model_card
+
+    out = tmp_path / "card"
+    run(distill_args(texts, out, teacher, max_steps=2))
+    card = write_model_card(out / "stage1_distill", overwrite=True).read_text()
+    assert "hidden-state distillation" in card and f"teacher: {teacher}" in card

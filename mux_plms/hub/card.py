@@ -44,6 +44,7 @@ STAGE_DESCRIPTIONS = {
     "retrieval": "stage 1, token retrieval: recover every instance's tokens from the mixture",
     "mlm": "stage 2, multiplexed masked-language-model pre-training",
     "electra": "stage 2, multiplexed ELECTRA pre-training (replaced-token detection)",
+    "distill": "hidden-state distillation: each instance's demultiplexed states learn the frozen N=1 encoder's states",
     "finetune": "stage 3, task fine-tuning",
 }
 
@@ -283,6 +284,8 @@ class TrainingRecord:
             described = data.get("corpus") or data.get("dataset_name") or data.get("train_file") or ""
             if data.get("dataset_config_name"):
                 described += f" ({data['dataset_config_name']})"
+            if entry.get("teacher"):
+                described += f"; teacher: {entry['teacher']}"
             if data.get("dataset_name") and data["dataset_name"] not in datasets:
                 datasets.append(data["dataset_name"])
             metrics = {
