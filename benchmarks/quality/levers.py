@@ -41,6 +41,19 @@ def main(argv=None) -> int:
     parser.add_argument("--key-norm", type=float, default=None, help="gaussian_hadamard_norm (default sqrt(hidden))")
     parser.add_argument("--pooling", default="mean", choices=["first", "mean"])
     parser.add_argument("--config", nargs="*", default=[], help="extra config overrides key=value (JSON values)")
+    parser.add_argument("--learn-keys", action="store_true", help="warm start with learn_muxing=True")
+    parser.add_argument(
+        "--instance-layer-from",
+        type=int,
+        default=None,
+        help="contextual multiplexer: initialise its instance layer from this backbone layer",
+    )
+    parser.add_argument(
+        "--curriculum",
+        type=float,
+        default=0.0,
+        help="fraction of the steps run with one real instance per mux group (N=1 inside the N model)",
+    )
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--rows", type=int, default=8, help="backbone rows per step (rows x N sequences)")
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -87,7 +100,21 @@ def main(argv=None) -> int:
     )
     info = inspect_checkpoint(model_args)
     torch.manual_seed(args.seed)
-    model = load_model(model_args, info, head, len(data.label_names), dict(enumerate(data.label_names)))
+    if args.learn_keys:
+        from mux_plms.training.finetune import _warm_start_classes
+
+        labels = dict(enumerate(data.label_names))
+        model = _warm_start_classes()[info.model_type][head].from_pretrained(
+            init, num_instances=n, muxing_variant=args.muxing, demuxing_variant=args.demuxing,
+            gaussian_hadamard_norm=model_args.gaussian_hadamard_norm, muxing_seed=args.seed, learn_muxing=True,
+            num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()},
+            **({"sequence_pooling": args.pooling} if head == "sequence" else {}),
+        )  # fmt: skip
+    else:
+        model = load_model(model_args, info, head, len(data.label_names), dict(enumerate(data.label_names)))
+    if args.instance_layer_from is not None:
+        base = model.mux_base
+        base.multiplexer.instance_layer.load_state_dict(base.encoder.layer[args.instance_layer_from].state_dict())
     for item in args.config:
         key, value = item.split("=", 1)
         setattr(model.config, key, json.loads(value))
@@ -101,7 +128,7 @@ def main(argv=None) -> int:
                            seed=args.seed, output_dir=f"/tmp/levers/{args.name}", teacher=teacher,
                            distill_alpha=args.alpha, distill_temperature=args.temperature,
                            eval_every=args.eval_every, new_module_lr_scale=args.new_lr_scale,
-                           desc=args.name)  # fmt: skip
+                           single_instance_fraction=args.curriculum, desc=args.name)  # fmt: skip
     if args.save:
         model.save_pretrained(args.save)
         tokenizer.save_pretrained(args.save)

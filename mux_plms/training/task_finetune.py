@@ -101,6 +101,31 @@ def evaluate_task(model, data: TaskData, tokenizer, batch_size: int, desc: str |
     return metrics
 
 
+class SingleInstanceCurriculum:
+    """A curriculum over N: for the first `single_steps` steps every mux group holds one real instance and N - 1
+    empty ones (all padding, labels -100), so the model first learns each instance alone; then the batches are
+    the plain ones. With a batch of B examples a single-instance step uses B / N of them (the same backbone rows)."""
+
+    def __init__(self, collator, num_instances: int, single_steps: int, pad_token_id: int):
+        self.collator, self.n, self.single_steps, self.pad = collator, num_instances, single_steps, pad_token_id
+        self.step = 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        if self.step >= self.single_steps:
+            return batch
+        import torch
+
+        rows = batch["input_ids"].shape[0] // self.n
+        out = {}
+        for key, value in batch.items():
+            value = value[:rows]
+            filler = {"input_ids": self.pad, "labels": -100}.get(key, 0)
+            empty = value.new_full((rows, self.n - 1, *value.shape[1:]), filler)
+            out[key] = torch.cat([value[:, None], empty], dim=1).reshape(rows * self.n, *value.shape[1:])
+        return out
+
+
 # Modules a warm start creates fresh (the backbone's own weights are the rest).
 NEW_MODULES = ("multiplexer", "demultiplexer", "classifier", "retrieval_head")
 
@@ -151,6 +176,7 @@ def finetune_task(
     eval_every: int = 0,
     eval_batch_size: int | None = None,
     new_module_lr_scale: float = 1.0,
+    single_instance_fraction: float = 0.0,
     desc: str = "finetune",
 ) -> FinetuneResult:
     """Fine-tune `model` on ``data.train`` for `steps` optimizer steps of `batch_size` examples (AdamW, 10% linear
@@ -186,6 +212,10 @@ def finetune_task(
         def on_train_begin(self, args, state, control, **kwargs):
             clock["start"] = time.perf_counter()
 
+        def on_step_begin(self, args, state, control, **kwargs):
+            if curriculum is not None:
+                curriculum.step = state.global_step
+
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if eval_every and state.global_step % eval_every == 0 and state.global_step < steps:
                 started = time.perf_counter()
@@ -194,11 +224,19 @@ def finetune_task(
                 clock["eval"] += time.perf_counter() - started
                 curve.append({"step": state.global_step, "train_seconds": round(trained, 2), **metrics})
 
+    collator = collator_for(data.task, tokenizer)
+    n = getattr(model.config, "num_instances", 1)
+    curriculum = None
+    if single_instance_fraction > 0 and n > 1:
+        curriculum = SingleInstanceCurriculum(
+            collator, n, int(single_instance_fraction * steps), tokenizer.pad_token_id
+        )
+        collator = curriculum
     kwargs: dict[str, Any] = {
         "model": model,
         "args": args,
         "train_dataset": train,
-        "data_collator": collator_for(data.task, tokenizer),
+        "data_collator": collator,
         "processing_class": tokenizer,
         "callbacks": [Curve()],
     }
