@@ -68,6 +68,16 @@ def test_loss_counts_real_tokens_only_and_matches_the_formula():
     changed[2] = -7.0
     torch.testing.assert_close(hidden_distillation_loss(changed, teacher, mask)["loss"], terms["loss"])
     assert hidden_distillation_loss(student, teacher, mask, kind="cosine")["loss"] == terms["cosine"]
+    # the sentence term: cosine distance of the mean-pooled states over each row's real tokens
+    with_pooled = hidden_distillation_loss(student, teacher, mask, token_coeff=0.5, pooled_coeff=2.0)
+    rows = mask.bool().any(1)
+    w = mask.float().unsqueeze(-1)
+    target = (teacher - teacher.mean(-1, keepdim=True)) / teacher.var(-1, unbiased=False, keepdim=True).add(1e-6).sqrt()
+    pooled = torch.nn.functional.cosine_similarity(
+        ((student * w).sum(1) / w.sum(1).clamp(min=1))[rows], ((target * w).sum(1) / w.sum(1).clamp(min=1))[rows]
+    ).mean()
+    torch.testing.assert_close(with_pooled["pooled_cosine"], pooled)
+    torch.testing.assert_close(with_pooled["loss"], 0.5 * (mse + cosine) + 2.0 * (1 - pooled))
     with pytest.raises(ValueError, match="mse_cosine, mse, cosine"):
         hidden_distillation_loss(student, teacher, mask, kind="kl")
     assert torch.allclose(standardize(teacher).std(-1, unbiased=False), torch.ones(3, 5), atol=1e-4)
@@ -106,7 +116,8 @@ def test_distill_stage_loss_falls_on_real_text_and_the_teacher_stays_frozen(text
     assert {"distill_loss", "distill_mse", "distill_cosine", "distill_pooled_cosine"} <= set(log_losses)
     record = json.loads((out / "stage1_distill" / "training_record.json").read_text())
     assert record[-1]["stage"] == "distill" and record[-1]["teacher"] == str(teacher)
-    assert record[-1]["distillation"] == {"loss": "mse_cosine", "retrieval_coeff": 0.0, "mlm_coeff": 0.0}
+    assert record[-1]["distillation"] == {"loss": "mse_cosine", "token_coeff": 1.0, "pooled_coeff": 0.0,
+                                          "retrieval_coeff": 0.0, "mlm_coeff": 0.0}  # fmt: skip
     # the saved folder is the student alone, loadable for fine-tuning
     saved = load_file(str(out / "stage1_distill" / "model.safetensors"))
     assert not any("teacher" in key for key in saved)

@@ -136,6 +136,16 @@ class PretrainingArguments:
             "mse or cosine."
         ),
     )
+    distill_token_coeff: float = field(
+        default=1.0, metadata=_help("distill stage: weight of the per-token term (--distill_loss).")
+    )
+    distill_pooled_coeff: float = field(
+        default=0.0,
+        metadata=_help(
+            "distill stage: weight of the sentence term, 1 - cosine of the mean-pooled student and teacher states "
+            "(the sentence embedding of a mean-pooling encoder such as MiniLM)."
+        ),
+    )
     distill_retrieval_coeff: float = field(
         default=0.0, metadata=_help("distill stage: weight of the auxiliary token-retrieval loss (0: off).")
     )
@@ -324,8 +334,15 @@ class PretrainingArguments:
             )
         if self.retrieval_loss_coeff < 0 or self.task_loss_coeff < 0:
             raise ValueError("--retrieval_loss_coeff and --task_loss_coeff must be >= 0")
-        if self.distill_retrieval_coeff < 0 or self.distill_mlm_coeff < 0:
-            raise ValueError("--distill_retrieval_coeff and --distill_mlm_coeff must be >= 0")
+        coefficients = {"--distill_retrieval_coeff": self.distill_retrieval_coeff,
+                        "--distill_mlm_coeff": self.distill_mlm_coeff,
+                        "--distill_token_coeff": self.distill_token_coeff,
+                        "--distill_pooled_coeff": self.distill_pooled_coeff}  # fmt: skip
+        for flag, value in coefficients.items():
+            if value < 0:
+                raise ValueError(f"{flag} must be >= 0, got {value}")
+        if self.distill_token_coeff == 0 and self.distill_pooled_coeff == 0:
+            raise ValueError("--distill_token_coeff and --distill_pooled_coeff cannot both be 0: nothing to distil")
         if self.distill_loss not in DISTILL_LOSSES:
             raise ValueError(f"--distill_loss must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:

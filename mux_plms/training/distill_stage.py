@@ -44,13 +44,20 @@ def standardize(states: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def hidden_distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, kind: str = "mse_cosine"
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str = "mse_cosine",
+    token_coeff: float = 1.0,
+    pooled_coeff: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Distillation terms over the real tokens (``mask`` 1) of ``(B, L, H)`` student and teacher states.
 
-    Returns ``{"loss", "mse", "cosine", "pooled_cosine"}`` (``loss`` is what `kind` asks for; the others are
-    always computed, detached, for logging). Positions with mask 0 never count; a batch without any real token
-    gives a zero loss that still depends on the student (so every rank runs the same backward)."""
+    ``loss = token_coeff * <kind> + pooled_coeff * (1 - pooled_cosine)``: the per-token term `kind` and the cosine
+    distance of the mean-pooled sentence states (what a sentence encoder such as MiniLM outputs; a far smaller
+    target than every token's state). Returns ``{"loss", "mse", "cosine", "pooled_cosine"}``, the last three
+    detached for logging. Positions with mask 0 never count; a batch without any real token gives a zero loss
+    that still depends on the student (so every rank runs the same backward)."""
     if kind not in DISTILL_LOSSES:
         raise ValueError(f"distillation loss must be one of {', '.join(DISTILL_LOSSES)}, got {kind!r}")
     if student.shape != teacher.shape:
@@ -66,15 +73,15 @@ def hidden_distillation_loss(
     s, t = student[real].float(), target[real]
     mse = F.mse_loss(s, t)
     cosine = (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
-    loss = {"mse_cosine": mse + cosine, "mse": mse, "cosine": cosine}[kind]
+    token = {"mse_cosine": mse + cosine, "mse": mse, "cosine": cosine}[kind]
     weights = mask.to(student.dtype).unsqueeze(-1)
-    with torch.no_grad():
-        counts = weights.sum(dim=1).clamp(min=1.0)
-        pooled_s = (student * weights).sum(dim=1) / counts
-        pooled_t = (target.to(student.dtype) * weights).sum(dim=1) / counts
-        has_tokens = mask.bool().any(dim=1)
-        pooled = F.cosine_similarity(pooled_s[has_tokens].float(), pooled_t[has_tokens].float(), dim=-1).mean()
-    return {"loss": loss, "mse": mse.detach(), "cosine": cosine.detach(), "pooled_cosine": pooled}
+    counts = weights.sum(dim=1).clamp(min=1.0)
+    pooled_s = (student * weights).sum(dim=1) / counts
+    pooled_t = (target.to(student.dtype) * weights).sum(dim=1) / counts
+    has_tokens = mask.bool().any(dim=1)
+    pooled = F.cosine_similarity(pooled_s[has_tokens].float(), pooled_t[has_tokens].float(), dim=-1).mean()
+    loss = token_coeff * token + pooled_coeff * (1.0 - pooled) if pooled_coeff else token_coeff * token
+    return {"loss": loss, "mse": mse.detach(), "cosine": cosine.detach(), "pooled_cosine": pooled.detach()}
 
 
 @dataclass
@@ -155,6 +162,8 @@ class DistillationPair(nn.Module):
         loss: str = "mse_cosine",
         retrieval_coeff: float = 0.0,
         mlm_coeff: float = 0.0,
+        token_coeff: float = 1.0,
+        pooled_coeff: float = 0.0,
     ):
         super().__init__()
         if loss not in DISTILL_LOSSES:
@@ -164,6 +173,8 @@ class DistillationPair(nn.Module):
         self.loss_kind = loss
         self.retrieval_coeff = float(retrieval_coeff)
         self.mlm_coeff = float(mlm_coeff)
+        self.token_coeff = float(token_coeff)
+        self.pooled_coeff = float(pooled_coeff)
         self.frozen_heads = self._freeze_unused_heads()
 
     def _freeze_unused_heads(self) -> list[str]:
@@ -219,7 +230,8 @@ class DistillationPair(nn.Module):
         targets = self.teacher_states(original, attention_mask)
         mixed, batch, _ = base.multiplex_encode(input_ids, attention_mask)
         states = base.demultiplex(mixed, batch)  # (B, L, H)
-        terms = hidden_distillation_loss(states, targets.to(states.dtype), attention_mask, self.loss_kind)
+        terms = hidden_distillation_loss(states, targets.to(states.dtype), attention_mask, self.loss_kind,
+                                         self.token_coeff, self.pooled_coeff)  # fmt: skip
         loss = terms["loss"]
         task_loss = logits = retrieval_loss = retrieval_logits = None
         if self.mlm_coeff > 0 and labels is not None:

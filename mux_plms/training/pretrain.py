@@ -471,7 +471,8 @@ def _build_distill(ctx: StageContext):
     args = ctx.args
     student = _build_masked_lm(ctx, _distill_coeffs(args))
     teacher = load_teacher(teacher_source(args), student.config, ctx.tokenizer)
-    return DistillationPair(student, teacher, args.distill_loss, args.distill_retrieval_coeff, args.distill_mlm_coeff)
+    return DistillationPair(student, teacher, args.distill_loss, args.distill_retrieval_coeff, args.distill_mlm_coeff,
+                            args.distill_token_coeff, args.distill_pooled_coeff)  # fmt: skip
 
 
 def _forward_distill(model, batch):
@@ -495,6 +496,8 @@ def _distill_record(args: PretrainingArguments, model) -> dict:
         "teacher": teacher_source(args),
         "distillation": {
             "loss": args.distill_loss,
+            "token_coeff": args.distill_token_coeff,
+            "pooled_coeff": args.distill_pooled_coeff,
             "retrieval_coeff": args.distill_retrieval_coeff,
             "mlm_coeff": args.distill_mlm_coeff,
         },
