@@ -439,3 +439,46 @@ def test_run_ner_with_a_teacher_from_the_command_line(tmp_path):
     assert "eval_f1" in saved
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert sum("distill_kl" in entry for entry in history) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Precomputed teacher logits
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["sequence", "token"])
+def test_precomputed_teacher_logits_give_the_same_loss_as_the_teacher_on_the_batch(tmp_path, head):
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    from mux_plms.training.distillation import TEACHER_LOGITS_KEY, TeacherLogitsCollator, add_teacher_logits
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    student = make("mux2", head, num_labels=3, vocab_size=len(tokenizer), **NO_DROPOUT)
+    teacher = make("bert", head, num_labels=3, seed=1, vocab_size=len(tokenizer), **NO_DROPOUT)
+    texts = ["a gripping film", "dull , long and loud", "see it", "the plot never arrives at anything"]
+    rows = tokenizer(texts, truncation=True, max_length=12)
+    if head == "sequence":
+        rows["labels"] = [0, 1, 2, 1]
+        base = DataCollatorWithPadding(tokenizer)
+    else:
+        rows["labels"] = [[-100] + [i % 3] * (len(ids) - 2) + [-100] for i, ids in enumerate(rows["input_ids"])]
+        base = DataCollatorForTokenClassification(tokenizer)
+    from datasets import Dataset
+
+    data = add_teacher_logits(Dataset.from_dict(dict(rows)), teacher, DataCollatorWithPadding(tokenizer))
+    collator = TeacherLogitsCollator(base)
+    batch_with = collator([data[i] for i in range(4)])
+    assert batch_with[TEACHER_LOGITS_KEY].shape[:2] == (
+        (4, 3) if head == "sequence" else (4, batch_with["input_ids"].shape[1])
+    )
+    batch_without = {k: v for k, v in batch_with.items() if k != TEACHER_LOGITS_KEY}
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, distill_alpha=0.4, distill_temperature=2.0,
+                                  args=training_args(tmp_path))  # fmt: skip
+    cached = trainer.compute_loss(student, dict(batch_with))
+    live = trainer.compute_loss(student, dict(batch_without))
+    torch.testing.assert_close(cached, live, rtol=1e-5, atol=1e-6)
+    # the column survives Trainer's removal of the columns the model does not take
+    trainer.train_dataset = data
+    assert TEACHER_LOGITS_KEY in trainer._remove_unused_columns(data).column_names

@@ -23,6 +23,10 @@ never saved nor optimised: it is an attribute of the trainer, not of the model. 
 labels, label names or vocabulary (``config.vocab_size``; the tokenizers' vocabularies when both are known)
 differ from the student's is refused with a `ValueError` when the trainer is built.
 
+Teacher logits can be precomputed once per training example (:func:`add_teacher_logits`, a ``teacher_logits``
+column, with :class:`TeacherLogitsCollator`): the trainer then reads them instead of running the teacher on every
+batch (the same values: the teacher is frozen and in eval mode).
+
 The components are logged next to ``loss`` (``distill_ce``, ``distill_kl`` or ``distill_mse`` for regression,
 ``distill_retrieval`` when the student has a retrieval loss), and their means over the run end up in the
 metrics that ``train()`` returns (``train_distill_*``), with the teacher and the coefficients.
@@ -278,6 +282,7 @@ class DistillationTrainer(Trainer):
         with `Trainer`: ``eval_loss`` stays comparable with plain fine-tuning, and no teacher pass is run."""
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        cached = inputs.pop(TEACHER_LOGITS_KEY, None)
         labels = inputs.get("labels")
         if labels is None:
             raise ValueError("DistillationTrainer needs labels in every training batch (the student's task loss)")
@@ -286,7 +291,7 @@ class DistillationTrainer(Trainer):
         task_loss, logits, retrieval_loss = _student_terms(outputs)
         if task_loss is None:
             raise ValueError(f"The student {type(student).__name__} returned no task loss for the labels")
-        teacher_logits = self.teacher_logits(inputs)
+        teacher_logits = self.teacher_logits(inputs) if cached is None else cached.to(logits.device)
         if teacher_logits.shape != logits.shape:
             raise ValueError(
                 f"The teacher's logits {tuple(teacher_logits.shape)} and the student's {tuple(logits.shape)} differ "
@@ -327,6 +332,12 @@ class DistillationTrainer(Trainer):
         outputs = teacher(**batch)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         return logits.detach()
+
+    def _set_signature_columns_if_needed(self):
+        # Keep precomputed teacher logits (a dataset column the student's forward does not take).
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and TEACHER_LOGITS_KEY not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, TEACHER_LOGITS_KEY]
 
     # ---- logging -------------------------------------------------------------------------------
 
@@ -378,6 +389,54 @@ class DistillationTrainer(Trainer):
             output.metrics.update({f"train_{k}": v for k, v in self._means(self._run).items()})
         output.metrics.update(self.distillation_summary())
         return output
+
+
+TEACHER_LOGITS_KEY = "teacher_logits"
+
+
+@torch.no_grad()
+def add_teacher_logits(dataset, teacher: nn.Module, collator, batch_size: int = 32, desc: str = "teacher logits"):
+    """`dataset` with a ``teacher_logits`` column: the teacher's logits on every example, computed once (eval
+    mode, so they equal the logits of any batch holding the example, up to float rounding from padding).
+    `DistillationTrainer` then reads them instead of running the teacher on every batch (with N = 5 the teacher
+    costs N times the student's backbone rows); pair it with :class:`TeacherLogitsCollator`. Token logits are
+    stored per example, cut to the example's own length."""
+    from tqdm.auto import tqdm
+
+    teacher.eval()
+    inputs = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in dataset.column_names]
+    rows = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc):
+        features = [{k: dataset[i][k] for k in inputs} for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collator(features)
+        batch = {k: v.to(next(teacher.parameters()).device) for k, v in batch.items() if k in inputs}
+        logits = teacher(**batch).logits.float().cpu()
+        for feature, row in zip(features, logits):
+            rows.append(row[: len(feature["input_ids"])].tolist() if row.dim() == 2 else row.tolist())
+    return dataset.add_column(TEACHER_LOGITS_KEY, rows)
+
+
+class TeacherLogitsCollator:
+    """Wrap a data collator: collate the other fields with it, and pad the ``teacher_logits`` of token tasks
+    to the batch's sequence length (zeros where padding: those positions carry label -100 and never count)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, features):
+        if not features or TEACHER_LOGITS_KEY not in features[0]:
+            return self.collator(features)
+        logits = [torch.tensor(f[TEACHER_LOGITS_KEY], dtype=torch.float32) for f in features]
+        batch = self.collator([{k: v for k, v in f.items() if k != TEACHER_LOGITS_KEY} for f in features])
+        if logits[0].dim() == 1:
+            batch[TEACHER_LOGITS_KEY] = torch.stack(logits)
+            return batch
+        length = batch["input_ids"].shape[1]
+        padded = torch.zeros(len(logits), length, logits[0].shape[-1])
+        for row, value in enumerate(logits):
+            padded[row, : value.shape[0]] = value[:length]
+        batch[TEACHER_LOGITS_KEY] = padded
+        return batch
 
 
 def distillation_kl(
@@ -437,6 +496,8 @@ def _forward_arguments(model: nn.Module) -> set[str] | None:
 __all__ = [
     "DistillationArguments",
     "DistillationTrainer",
+    "TeacherLogitsCollator",
+    "add_teacher_logits",
     "check_coefficients",
     "check_teacher",
     "distillation_kl",

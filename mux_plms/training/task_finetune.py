@@ -177,6 +177,7 @@ def finetune_task(
     eval_batch_size: int | None = None,
     new_module_lr_scale: float = 1.0,
     single_instance_fraction: float = 0.0,
+    cache_teacher_logits: bool = True,
     desc: str = "finetune",
 ) -> FinetuneResult:
     """Fine-tune `model` on ``data.train`` for `steps` optimizer steps of `batch_size` examples (AdamW, 10% linear
@@ -225,6 +226,13 @@ def finetune_task(
                 curve.append({"step": state.global_step, "train_seconds": round(trained, 2), **metrics})
 
     collator = collator_for(data.task, tokenizer)
+    if teacher is not None and cache_teacher_logits:
+        from transformers import DataCollatorWithPadding
+
+        from .distillation import TeacherLogitsCollator, add_teacher_logits
+
+        train = add_teacher_logits(train, teacher, DataCollatorWithPadding(tokenizer), desc=f"teacher logits {desc}")
+        collator = TeacherLogitsCollator(collator)
     n = getattr(model.config, "num_instances", 1)
     curriculum = None
     if single_instance_fraction > 0 and n > 1:
