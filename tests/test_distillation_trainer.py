@@ -448,11 +448,9 @@ def test_run_ner_with_a_teacher_from_the_command_line(tmp_path):
 
 @pytest.mark.parametrize("head", ["sequence", "token"])
 def test_precomputed_teacher_logits_give_the_same_loss_as_the_teacher_on_the_batch(tmp_path, head):
-    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+    from transformers import AutoTokenizer, DataCollatorForTokenClassification, DataCollatorWithPadding
 
     from mux_plms.training.distillation import TEACHER_LOGITS_KEY, TeacherLogitsCollator, add_teacher_logits
-
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
     student = make("mux2", head, num_labels=3, vocab_size=len(tokenizer), **NO_DROPOUT)
