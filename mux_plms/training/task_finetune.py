@@ -88,7 +88,13 @@ def evaluate_task(model, data: TaskData, tokenizer, batch_size: int, desc: str |
         model.train()
     if data.task == "polarity":
         predicted = result.stacked().argmax(-1)
-        metrics = classification_metrics(["accuracy", "f1"], predicted, np.asarray(data.valid["labels"]))
+        references = np.asarray(data.valid["labels"])
+        metrics = classification_metrics(["accuracy", "f1"], predicted, references)
+        n = getattr(model.config, "num_instances", 1) or 1
+        if n > 1:  # accuracy of each instance slot (examples i with i mod N = slot share a slot)
+            slots = np.arange(len(references)) % n
+            for slot in range(n):
+                metrics[f"accuracy_slot{slot}"] = float((predicted[slots == slot] == references[slots == slot]).mean())
     else:
         predictions, references = [], []
         for logits, word_ids, gold in zip(result.logits, data.valid["word_ids"], data.valid["word_labels"]):
