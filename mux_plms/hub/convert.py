@@ -42,6 +42,10 @@ MUXING_VARIANTS = {
     "gaussian_attention_v2": "contextual",
 }
 DEMUXING_VARIANTS = {"index_pos": "rsa", "index": "prefix"}
+# How each original class runs the cross-instance layer of `gaussian_attention_v2` (`muxing_attention_2`):
+# its sequence-classification forward passes the instances' padding mask, its MLM and token-classification
+# forwards call the layer without a mask.
+LEGACY_CROSS_INSTANCE_MASK = {"mlm": "cross_unmasked", "seqcls": "cross_masked", "tokcls": "cross_unmasked"}
 
 # Token ids the original hard-codes (BERT vocabulary): the `index` prefix is filled with 680, instance i's
 # index token is 680 - (i + 2), and a [CLS] (101) ends it; `index_pos` models write [CLS] at position 0.
@@ -206,7 +210,8 @@ def legacy_finetuning_options(config, task: str = "sequence-classification") -> 
     if config.legacy_demux is not None:
         options["legacy_demux"] = "finetuning"
     if config.legacy_contextual is not None:
-        options["legacy_contextual"] = "task"
+        kind = "seqcls" if task == "sequence-classification" else "tokcls"
+        options["legacy_contextual"] = LEGACY_CROSS_INSTANCE_MASK[kind]
     if config.legacy_prefix_truncate:
         options["legacy_prefix_truncate"] = False
     if task == "sequence-classification":
@@ -334,7 +339,7 @@ def _convert_config(legacy: dict, kind: str) -> tuple[dict, dict, list[str]]:
         if kind == "mlm":
             options["legacy_prefix_truncate"] = True
     if muxing == "gaussian_attention_v2":
-        options["legacy_contextual"] = "mlm" if kind == "mlm" else "task"
+        options["legacy_contextual"] = LEGACY_CROSS_INSTANCE_MASK[kind]
     if kind != "mlm":
         options["legacy_ignore_token_type_ids"] = True
         options["classifier_dropout"] = None  # the original's classifiers use hidden_dropout_prob

@@ -66,8 +66,10 @@ class MultiplexingConfigMixin:
               always takes the pre-training path.
             - ``legacy_contextual``: the original `gaussian_attention_v2` multiplexer's masks (needs
               ``muxing_variant="contextual"``): additive masks in which a fully padded row attends
-              uniformly; the cross-instance layer is unmasked in ``"mlm"`` (the original MLM model)
-              and masked in ``"task"`` (its classification models).
+              uniformly; the cross-instance layer runs without a mask in ``"cross_unmasked"`` (the
+              original MLM and token-classification models) and with one in ``"cross_masked"`` (its
+              sequence-classification model). ``"mlm"`` and ``"task"``, written by earlier versions,
+              are read as ``"cross_unmasked"`` and ``"cross_masked"``.
             - ``legacy_prefix_cls_token_id``: the `prefix` demultiplexer appends this token ([CLS] 101
               in the original) after the N index slots, and sequence classification reads the
               state at that slot.
@@ -168,7 +170,9 @@ def validate_multiplexing_fields(config) -> None:
 
 
 LEGACY_DEMUX_PATHS = ("pretraining", "finetuning")
-LEGACY_CONTEXTUAL_MODES = ("mlm", "task")
+LEGACY_CONTEXTUAL_MODES = ("cross_unmasked", "cross_masked")
+# Values written by earlier versions of the converter, read with their original meaning.
+LEGACY_CONTEXTUAL_ALIASES = {"mlm": "cross_unmasked", "task": "cross_masked"}
 
 
 def validate_legacy_fields(config) -> None:
@@ -184,7 +188,7 @@ def validate_legacy_fields(config) -> None:
                 f"and num_hidden_demux_layers >= 2, got {config.demuxing_variant!r} and {config.num_hidden_demux_layers}"
             )
     if config.legacy_contextual is not None:
-        if config.legacy_contextual not in LEGACY_CONTEXTUAL_MODES:
+        if config.legacy_contextual not in (*LEGACY_CONTEXTUAL_MODES, *LEGACY_CONTEXTUAL_ALIASES):
             raise ValueError(
                 f"legacy_contextual must be None or one of {', '.join(LEGACY_CONTEXTUAL_MODES)}; "
                 f"got {config.legacy_contextual!r}"
