@@ -189,6 +189,34 @@ def test_bad_input_fails_before_training(tiny_mux, tmp_path, case, extra, messag
     )
 
 
+def test_integer_labels_with_missing_rows_and_a_float_class_column(tiny_mux, tmp_path):
+    """Integer labels with -1 (unlabelled) at validation are scored on the labelled rows (no KeyError); a class
+    column written as floats (0.0 / 1.0) is refused naming --label_type, and trains as classes with it."""
+    import run_glue as script
+
+    dev = pair_rows(4, labels=(0, 1))
+    dev[1]["label"] = -1
+    write_csv(tmp_path / "train.csv", pair_rows(6, labels=(0, 1)))
+    write_csv(tmp_path / "dev.csv", dev)
+    base = ["--model_name_or_path", tiny_mux, "--text_columns", "sentence1,sentence2", "--do_train", "--do_eval"]
+    base += ["--max_steps", 1, "--per_device_train_batch_size", 2]
+    metrics = run_glue(*base, "--train_file", tmp_path / "train.csv", "--validation_file", tmp_path / "dev.csv",
+                       "--output_dir", tmp_path / "ints")  # fmt: skip
+    assert metrics["eval_num_examples"] == 4 and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "ints" / "config.json").read_text())["label2id"] == {"0": 0, "1": 1}
+
+    write_csv(tmp_path / "train_f.csv", pair_rows(6, labels=(0.0, 1.0)))
+    write_csv(tmp_path / "dev_f.csv", pair_rows(4, labels=(1.0, 0.0)))
+    floats = ["--train_file", tmp_path / "train_f.csv", "--validation_file", tmp_path / "dev_f.csv"]
+    with pytest.raises(ValueError, match=r"floats that are all whole numbers \(0\.0, 1\.0\).*--label_type classification"):
+        script.main([str(a) for a in [*base, *floats, "--output_dir", tmp_path / "refused"] + FAST])
+    assert not (tmp_path / "refused" / "model.safetensors").exists()
+    metrics = run_glue(*base, *floats, "--label_type", "classification", "--output_dir", tmp_path / "classes")
+    config = json.loads((tmp_path / "classes" / "config.json").read_text())
+    assert config["label2id"] == {"0": 0, "1": 1} and config.get("problem_type") != "regression"
+    assert "eval_accuracy" in metrics and "eval_pearson" not in metrics
+
+
 def free_port() -> int:
     import socket
 

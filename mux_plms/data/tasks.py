@@ -367,6 +367,10 @@ def check_known_labels(
             )
 
 
+MISSING_LABEL = -1  # GLUE's label of unlabelled (test) rows
+LABEL_TYPES = ("classification", "regression")
+
+
 @dataclass
 class SequenceLabels:
     """The label space of a sentence classification / regression task.
@@ -393,6 +397,8 @@ class SequenceLabels:
             return float(value)
         if self.class_label:
             return None if value == -1 else int(value)
+        if value not in self._index and value == MISSING_LABEL:
+            return None  # an unlabelled row (GLUE's convention), unless -1 is one of the training classes
         return self._index[value]
 
     def __post_init__(self):
@@ -404,14 +410,39 @@ def sequence_labels(
 ) -> SequenceLabels:
     """Build the label space from `source_split` (normally train) and check that every label of
     `checked_splits` belongs to it (`check_known_labels`). `regression` None: decided by the column
-    type (floats are regression)."""
+    type: integers (and strings) are classes, floats with a fractional part are regression scores, and
+    floats that are all whole numbers (``0.0`` / ``1.0``: a class column written as floats, or integer
+    scores) are refused with a `ValueError` naming ``--label_type`` (say which one it is)."""
     source = data[source_split]
-    if regression is None:
-        regression = is_float_column(source, column)
+    if regression is None and is_float_column(source, column):
+        values = {float(v) for v in source[column] if v is not None}
+        if values and all(v.is_integer() for v in values):
+            shown = ", ".join(str(v) for v in sorted(values)[:6]) + (", ..." if len(values) > 6 else "")
+            raise ValueError(
+                f"The {column!r} column holds floats that are all whole numbers ({shown}): class ids written as "
+                "floats, or integer regression scores? Pass --label_type classification to train a classifier on "
+                "them, or --label_type regression to fit them as scores."
+            )
+        regression = True
     if regression:
         return SequenceLabels(None, False)
     names = class_label_names(source, column)
+    if names is None and is_float_column(source, column):  # --label_type classification on a float column
+        classes = sorted({float(v) for v in source[column] if v is not None})
+        return _checked_labels(
+            data, column, source_split, checked_splits, SequenceLabels([_whole(v) for v in classes], False)
+        )
     labels = SequenceLabels(sequence_label_list(source, column), names is not None)
+    return _checked_labels(data, column, source_split, checked_splits, labels)
+
+
+def _whole(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _checked_labels(
+    data: DatasetDict, column: str, source_split: str, checked_splits: Sequence[str], labels: SequenceLabels
+) -> SequenceLabels:
     known = range(len(labels.names)) if labels.class_label else labels.names
     check_known_labels(data, column, known, [s for s in checked_splits if s != source_split], missing_value=-1)
     return labels

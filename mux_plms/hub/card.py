@@ -516,6 +516,19 @@ def _label_names(id2label: dict) -> list[str]:
     return [] if all(re.fullmatch(r"LABEL_\d+", name) for name in names) else names
 
 
+def _prefix_length(config: dict) -> int:
+    """Positions the model's demultiplexer prepends to every input: its own formula
+    (`demultiplexing.prefix_length`); 0 for a demultiplexer this installation does not know."""
+    from types import SimpleNamespace
+
+    from ..models.demultiplexing import prefix_length
+
+    try:
+        return prefix_length(SimpleNamespace(**config))
+    except (ValueError, AttributeError, TypeError):
+        return 0
+
+
 def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
     """Render the model card of a MUX model folder (or of a MUX model object).
 
@@ -622,7 +635,8 @@ def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
         "num_hidden_demux_layers": config.get("num_hidden_demux_layers"),
         "size_facts": _size_facts(config),
         "max_positions": config.get("max_position_embeddings"),
-        "max_input_length": (config.get("max_position_embeddings") or 0) - (n if demuxing == "prefix" else 0),
+        "prefix_length": _prefix_length(config),
+        "max_input_length": (config.get("max_position_embeddings") or 0) - _prefix_length(config),
         "num_parameters": _fmt_count(facts.num_parameters),
         "labels": _label_names(id2label),
         "retrieval_loss_coeff": config.get("retrieval_loss_coeff"),

@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -168,11 +169,9 @@ class CheckpointInfo:
     num_instances: int  # N of the fine-tuned model (1 for a plain model)
     demuxing_variant: str | None
     max_position_embeddings: int
-
-    @property
-    def prefix_length(self) -> int:
-        """Positions the `prefix` demultiplexer prepends to every input (N + 1), else 0."""
-        return self.num_instances + 1 if self.demuxing_variant == "prefix" else 0
+    # Positions the demultiplexer prepends to every input (the `prefix` demultiplexer's N slots, N + 1 for a
+    # converted original checkpoint), from the demultiplexer's own formula (`demultiplexing.prefix_length`).
+    prefix_length: int = 0
 
 
 # vanilla model_type -> class-name prefix of the MUX family that can be warm-started from it.
@@ -206,6 +205,7 @@ def inspect_checkpoint(model_args: MuxModelArguments) -> CheckpointInfo:
     from transformers import AutoConfig
 
     import mux_plms  # noqa: F401  (registers the MUX configs with AutoConfig)
+    from mux_plms.models.demultiplexing import prefix_length as demux_prefix_length
 
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     path = model_args.model_name_or_path
@@ -227,8 +227,9 @@ def inspect_checkpoint(model_args: MuxModelArguments) -> CheckpointInfo:
                     f"{checkpoint_value!r}); these options only apply when warm-starting from a vanilla BERT."
                 )
         return CheckpointInfo(
-            config.model_type, True, False, n, config.demuxing_variant, config.max_position_embeddings
-        )
+            config.model_type, True, False, n, config.demuxing_variant, config.max_position_embeddings,
+            prefix_length=demux_prefix_length(config),
+        )  # fmt: skip
     if getattr(config, "num_instances", None) is not None:
         raise ValueError(
             f"{path} is an original MUX-PLMs checkpoint (model_type {config.model_type!r} with num_instances="
@@ -256,9 +257,11 @@ def inspect_checkpoint(model_args: MuxModelArguments) -> CheckpointInfo:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
     config_class = classes[config.model_type]["sequence"].config_class
     demux = model_args.demuxing_variant or config_class.demuxing_variant  # the dataclass default
+    warm = SimpleNamespace(num_instances=model_args.num_instances, demuxing_variant=demux)  # no legacy option
     return CheckpointInfo(
-        config.model_type, True, True, model_args.num_instances, demux, config.max_position_embeddings
-    )
+        config.model_type, True, True, model_args.num_instances, demux, config.max_position_embeddings,
+        prefix_length=demux_prefix_length(warm),
+    )  # fmt: skip
 
 
 def check_eval_arguments(eval_args: MuxEvalArguments, info: CheckpointInfo, eval_batch_size: int) -> None:

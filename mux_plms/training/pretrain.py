@@ -269,11 +269,11 @@ def stage_config(ctx: StageContext, coeffs: dict, family: str | None = None):
 
 
 def prefix_length_of(config) -> int:
-    """Positions the demultiplexer prepends to each sequence (the `prefix` demultiplexer's N (+1) tokens),
-    asked of the demultiplexer itself (a small module, built without the model)."""
-    from ..models.demultiplexing import build_demultiplexer
+    """Positions the demultiplexer prepends to each sequence (the `prefix` demultiplexer's N (+1) tokens):
+    the demultiplexer's own formula, nothing built."""
+    from ..models.demultiplexing import prefix_length
 
-    return build_demultiplexer(config).prefix_length()
+    return prefix_length(config)
 
 
 def check_block_size(block_size: int, config) -> None:
