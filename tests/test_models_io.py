@@ -242,6 +242,53 @@ def test_checkpoint_num_instances_differs_from_override(tmp_path):
     assert same.config.num_instances == 2
 
 
+@pytest.mark.parametrize(
+    "override",
+    [{"num_instances": 5}, {"muxing_variant": "random_ortho"}, {"demuxing_variant": "mlp"}, {"muxing_seed": 7}],
+    ids=lambda o: next(iter(o)),
+)
+def test_every_load_path_refuses_multiplexing_overrides_that_contradict_the_checkpoint(tmp_path, override):
+    """MUX classes, Auto classes and the configs, with or without ignore_mismatched_sizes: an override of N,
+    the (de)multiplexer or the key seed that differs from the checkpoint is refused, naming the field."""
+    from transformers import BertConfig, BertModel
+
+    from mux_plms import MuxElectraConfig, MuxElectraForSequenceClassification
+
+    settings = dict(num_instances=2, muxing_variant="gaussian_hadamard", demuxing_variant="rsa", muxing_seed=0)
+    MuxBertForSequenceClassification(tiny_config(num_labels=3, **settings)).save_pretrained(tmp_path / "bert")
+    electra = MuxElectraConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in TINY_KEYS}, **settings)
+    MuxElectraForSequenceClassification(electra).save_pretrained(tmp_path / "electra")
+    name, value = next(iter(override.items()))
+    saved = settings[name]
+    message = rf"trained with {name}={saved!r}, but {name}={value!r} was requested"
+    loaders = [
+        lambda p, **kw: MuxBertForSequenceClassification.from_pretrained(p, **kw),
+        lambda p, **kw: AutoModelForSequenceClassification.from_pretrained(p, **kw),
+        lambda p, **kw: AutoModel.from_pretrained(p, **kw),
+    ]
+    for load in loaders:
+        for ignore in (False, True):
+            with pytest.raises(ValueError, match=message):
+                load(tmp_path / "bert", ignore_mismatched_sizes=ignore, **override)
+    with pytest.raises(ValueError, match=message):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "electra", ignore_mismatched_sizes=True, **override)
+    for config_class in (AutoConfig, MuxBertConfig):
+        with pytest.raises(ValueError, match=message):
+            config_class.from_pretrained(tmp_path / "bert", **override)
+    # the checkpoint's own values are accepted; a vanilla checkpoint takes any (a warm start)
+    same = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert", **{name: saved})
+    assert getattr(same.config, name) == saved
+    BertModel(BertConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in TINY_KEYS})).save_pretrained(
+        tmp_path / "vanilla"
+    )
+    warm = MuxBertForSequenceClassification.from_pretrained(tmp_path / "vanilla", num_labels=3, **override)
+    assert getattr(warm.config, name) == value
+
+
+TINY_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings")  # fmt: skip
+
+
 def test_bad_input_shapes():
     model = MuxBertModel(tiny_config())
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):

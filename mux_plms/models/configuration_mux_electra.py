@@ -8,6 +8,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import ElectraConfig
 
 from .configuration_mux_bert import (
+    CheckpointOverrideGuard,
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
@@ -15,7 +16,7 @@ from .configuration_mux_bert import (
 
 
 @strict
-class MuxElectraConfig(ElectraConfig, MultiplexingConfigMixin):
+class MuxElectraConfig(CheckpointOverrideGuard, ElectraConfig, MultiplexingConfigMixin):
     r"""Configuration of a multiplexed ELECTRA (MUX-ELECTRA): discriminator, generator or fine-tuned model.
 
     All `ElectraConfig` fields plus those of :class:`MultiplexingConfigMixin` (same defaults and validation

@@ -6,6 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import RobertaConfig
 
 from .configuration_mux_bert import (
+    CheckpointOverrideGuard,
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
@@ -13,7 +14,7 @@ from .configuration_mux_bert import (
 
 
 @strict
-class MuxRobertaConfig(RobertaConfig, MultiplexingConfigMixin):
+class MuxRobertaConfig(CheckpointOverrideGuard, RobertaConfig, MultiplexingConfigMixin):
     r"""Configuration of a multiplexed RoBERTa (the backbone of DataMUX's T-MUX and of its follow-up).
 
     All `RobertaConfig` fields plus those of :class:`MultiplexingConfigMixin` (same defaults and validation
