@@ -624,6 +624,56 @@ def test_unsupported_config_is_named(tmp_path, overrides, match):
     _convert_expecting(tmp_path, {**base, **overrides}, sd, match=match)
 
 
+def test_config_without_the_bert_sizes_is_named(tmp_path):
+    cfg = legacy_config("MuxedBertForSequenceClassification", "gaussian_hadamard", "index_pos", 2)
+    sd = legacy_state_dict(cfg)
+    del cfg["hidden_size"]
+    _convert_expecting(tmp_path, cfg, sd, match=r"config\.json has no hidden_size: the original code always writes")
+
+
+def test_shard_index_pointing_outside_the_source_is_refused(tmp_path):
+    cfg = legacy_config("MuxedBertForSequenceClassification", "gaussian_hadamard", "index_pos", 2)
+    sd = legacy_state_dict(cfg)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    torch.save(sd, outside / "weights.bin")
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps(cfg))
+    (legacy / "sneaky.bin").symlink_to(outside / "weights.bin")
+    for shard, match in (
+        ("../elsewhere/weights.bin", r"points outside the folder \('\.\.'\): refused"),
+        (str(outside / "weights.bin"), "is not a relative file name inside the folder: refused"),
+        ("sneaky.bin", "resolves to .*elsewhere/weights.bin, outside the folder: refused"),
+    ):
+        (legacy / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": shard}}))
+        with pytest.raises(LegacyCheckpointError, match=match):
+            convert_legacy_checkpoint(legacy, tmp_path / "converted")
+        assert not (tmp_path / "converted").exists()
+
+
+def test_conversion_is_written_whole_with_a_completion_marker(tmp_path, monkeypatch):
+    """A conversion killed while saving leaves no folder under the output name (only a hidden partial one)."""
+    from mux_plms.utils.folders import COMPLETE_MARKER, check_complete
+
+    cfg = legacy_config("MuxedBertForTokenClassification", "gaussian_hadamard", "index_pos", 2)
+    write_legacy_checkpoint(tmp_path / "legacy", cfg)
+    report = convert_legacy_checkpoint(tmp_path / "legacy", tmp_path / "converted")
+    assert check_complete(report.out_dir)["files"]["model.safetensors"]["size"] > 0
+    assert (tmp_path / "converted" / COMPLETE_MARKER).is_file()
+
+    def crash(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(mux_plms.MuxBertForTokenClassification, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        convert_legacy_checkpoint(tmp_path / "legacy", tmp_path / "again")
+    assert not (tmp_path / "again").exists() and not list(tmp_path.glob(".again*"))
+    with pytest.raises(KeyboardInterrupt):
+        convert_legacy_checkpoint(tmp_path / "legacy", tmp_path / "converted", overwrite=True)
+    check_complete(tmp_path / "converted")  # the previous conversion is untouched
+
+
 def test_source_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match=r"'princeton-nlp/no-such-muxbert' is not a local folder.*failed"):

@@ -289,6 +289,33 @@ TINY_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_he
              "max_position_embeddings")  # fmt: skip
 
 
+@pytest.mark.parametrize("demuxing", ["rsa", "prefix"])
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0)], ids=["no_rows", "no_positions"])
+def test_empty_batches_are_refused_with_the_problem_named(shape, demuxing):
+    model = MuxBertForSequenceClassification(tiny_config(num_labels=3, demuxing_variant=demuxing)).eval()
+    with pytest.raises(ValueError, match=rf"input_ids has shape \({shape[0]}, {shape[1]}\): a batch needs at least one row"):
+        model(input_ids=torch.ones(shape, dtype=torch.long))
+
+
+def test_integer_labels_of_any_width_are_class_ids_and_float_token_labels_are_refused():
+    inputs = make_inputs(batch=4)
+    seq = MuxBertForSequenceClassification(tiny_config(num_labels=3)).eval()
+    reference = seq(**inputs, labels=torch.tensor([0, 1, 2, 1])).loss
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+        fresh = MuxBertForSequenceClassification(tiny_config(num_labels=3)).eval()
+        fresh.load_state_dict(seq.state_dict())
+        torch.testing.assert_close(fresh(**inputs, labels=torch.tensor([0, 1, 2, 1], dtype=dtype)).loss, reference)
+        assert fresh.config.problem_type == "single_label_classification"
+    tok = MuxBertForTokenClassification(tiny_config(num_labels=3)).eval()
+    labels = torch.randint(0, 3, inputs["input_ids"].shape)
+    torch.testing.assert_close(tok(**inputs, labels=labels.to(torch.int8)).loss, tok(**inputs, labels=labels).loss)
+    with pytest.raises(ValueError, match=r"Token classification labels must be integer class ids .*torch\.float32.*labels\.long\(\)"):
+        tok(**inputs, labels=labels.float())
+    mlm = MuxBertForMaskedLM(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"MLM labels must be integer class ids"):
+        mlm(**inputs, labels=inputs["input_ids"].float())
+
+
 def test_bad_input_shapes():
     model = MuxBertModel(tiny_config())
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):

@@ -156,6 +156,10 @@ def bad_case(tmp_path: Path, case: str) -> list:
         dev[1]["sentence1"] = ""
     write_csv(tmp_path / "train.csv", train)
     write_csv(tmp_path / "dev.csv", dev)
+    if case == "empty_train_file":
+        (tmp_path / "train.csv").write_text("")
+    elif case == "header_only_train_file":
+        (tmp_path / "train.csv").write_text("sentence1,sentence2,label\n")
     return [
         "--train_file",
         tmp_path / "train.csv",
@@ -172,6 +176,8 @@ def bad_case(tmp_path: Path, case: str) -> list:
         ("missing_label", [], r"train split has no label column 'label'.*--label_column_name"),
         ("unseen_label", [], r"validation split has labels \['maybe'\] .* training data does not have"),
         ("empty_text", [], r"validation split has 1 of 4 rows with an empty 'sentence1' text \(first rows: \[1\]\)"),
+        ("empty_train_file", [], r"--train_file .*train\.csv is empty: it has no example to train on.*--do_train"),
+        ("header_only_train_file", [], r"--train_file .*train\.csv holds no rows: it has no example to train on"),
         ("good", ["--num_instances", "5"], r"--num_instances 5 does not match .* num_instances=2"),
         ("good", ["--ensemble", "--per_device_eval_batch_size", "3", "--group_by_length_eval"], r"multiple of N=2"),
         ("good", ["--max_seq_length", "90"], r"max_position_embeddings=80"),

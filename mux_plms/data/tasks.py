@@ -116,17 +116,44 @@ def _data_files(train_file: str | None, validation_file: str | None, test_file: 
     return files
 
 
+def _is_blank_file(path: str) -> bool:
+    """True when the file holds nothing but whitespace (read in chunks: large files stop at the first byte)."""
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 16), b""):
+            if chunk.strip():
+                return False
+    return True
+
+
+_SPLIT_USE = {"train": ("train on", "--do_train"), "validation": ("evaluate", "--do_eval")}
+
+
+def _empty_file_error(split: str, path: str, what: str) -> ValueError:
+    use, flag = _SPLIT_USE.get(split, ("predict", "--do_predict"))
+    return ValueError(
+        f"--{split}_file {path} {what}: it has no example to {use}. Fill it, or drop --{split}_file (and {flag})."
+    )
+
+
 def _load_files_per_split(builder: str, files: dict[str, str], cache_dir: str | None, **kwargs) -> DatasetDict:
     """Load every split on its own, so that splits may differ in columns (a test file without labels,
-    or a mistake that the checks below then name precisely, instead of a cast error)."""
+    or a mistake that the checks below then name precisely, instead of a cast error). An empty file (or a
+    csv with a header only) is a `ValueError` naming its flag, before `datasets` fails on it."""
     from datasets import DatasetDict, load_dataset
 
-    return DatasetDict(
-        {
-            split: load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir, **kwargs)
-            for split, path in files.items()
-        }
-    )
+    splits = {}
+    for split, path in files.items():
+        if _is_blank_file(path):
+            raise _empty_file_error(split, path, "is empty")
+        try:
+            splits[split] = load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir, **kwargs)
+        except Exception as error:
+            if "corresponds to no data" in str(error):  # e.g. a csv header without rows
+                raise _empty_file_error(split, path, "holds no rows") from error
+            raise ValueError(f"--{split}_file {path} could not be read as {builder}: {error}") from error
+        if len(splits[split]) == 0:
+            raise _empty_file_error(split, path, "holds no rows")
+    return DatasetDict(splits)
 
 
 def load_sequence_data(
@@ -213,6 +240,8 @@ def load_token_data(
         splits = {}
         for split, path in files.items():
             tokens, tags = read_conll(path)
+            if not tokens:
+                raise _empty_file_error(split, path, "holds no sentence")
             splits[split] = Dataset.from_dict({"tokens": tokens, "tags": tags})
         return DatasetDict(splits), None
     raise ValueError(
@@ -347,10 +376,34 @@ def token_label_list(train: Dataset, column: str) -> list[str]:
     return bio_label_names([[str(t) for t in tags] for tags in train[column]])
 
 
+def check_token_tag_types(data: DatasetDict, column: str, splits: Sequence[str]) -> None:
+    """Token tags are names (strings such as ``O`` / ``B-PER``) or integer class ids; floats (and booleans)
+    are refused with a `ValueError` saying how to write them."""
+    for split in splits:
+        feature = data[split].features.get(column)
+        if class_label_names(data[split], column) is not None:
+            continue
+        dtype = getattr(getattr(feature, "feature", feature), "dtype", "")
+        if isinstance(dtype, str) and (dtype.startswith("float") or dtype == "bool"):
+            sample = next((row for row in data[split][column] if row), [])[:5]
+            raise ValueError(
+                f"The {split} split's tag column {column!r} holds {dtype} values ({sample}): token tags must be "
+                "tag names (strings such as 'O', 'B-PER') or integer class ids. Write them as names or integers "
+                "(json lines: [\"O\", \"B-PER\"] or [0, 1]), or pass --label_column_name to pick the tag column."
+            )
+
+
 def check_known_labels(
-    data: DatasetDict, column: str, known: Sequence, splits: Sequence[str], nested: bool = False, missing_value=None
+    data: DatasetDict,
+    column: str,
+    known: Sequence,
+    splits: Sequence[str],
+    nested: bool = False,
+    missing_value=None,
+    key=None,
 ) -> None:
-    """Every label of `splits` (a list per row when `nested`) must be one of `known` (the training labels).
+    """Every label of `splits` (a list per row when `nested`) must be one of `known` (the training labels),
+    after `key` (e.g. `str`, for tags read as names) when given.
 
     `missing_value` (e.g. -1, GLUE's unlabelled test rows) is allowed. Raises a `ValueError` listing
     the unseen labels and where they occur."""
@@ -358,6 +411,8 @@ def check_known_labels(
     for split in splits:
         values = data[split][column]
         flat = [v for row in values for v in row] if nested else list(values)
+        if key is not None:
+            flat = [v if v is None else key(v) for v in flat]
         unseen = sorted({v for v in flat if v not in known_set and v != missing_value and v is not None}, key=str)
         if unseen:
             raise ValueError(
@@ -469,6 +524,7 @@ __all__ = [
     "sequence_label_list",
     "token_label_list",
     "check_known_labels",
+    "check_token_tag_types",
     "class_label_names",
     "is_float_column",
 ]

@@ -26,6 +26,7 @@ import torch
 from transformers import BertConfig
 
 from ..models import MuxBertConfig, MuxBertForMaskedLM, MuxBertForSequenceClassification, MuxBertForTokenClassification
+from ..utils.folders import atomic_model_folder, contained_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,16 @@ LEGACY_CROSS_INSTANCE_MASK = {"mlm": "cross_unmasked", "seqcls": "cross_masked",
 LEGACY_PREFIX_FILLER_ID = 680
 LEGACY_CLS_ID = 101
 
+# Sizes every original config.json holds (transformers writes every BertConfig field); the weights are
+# mapped with them, so a config without them is refused instead of falling back on BERT-base defaults.
+REQUIRED_CONFIG_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+)
 # Config keys of the original that carry no information for the converted model.
 IGNORED_CONFIG_KEYS = {
     "architectures",
@@ -145,7 +156,9 @@ def convert_legacy_checkpoint(
         out_dir: the folder to write (safetensors weights, config with ``auto_map``, remote code,
             tokenizer files when the source has them).
         revision: Hub revision of `src` (repo ids only).
-        overwrite: replace a checkpoint already in `out_dir` (otherwise an error).
+        overwrite: replace a checkpoint already in `out_dir` (otherwise an error). The folder is written
+            into a temporary sibling and renamed into place with a completion marker (``mux_plms_complete.json``),
+            so `out_dir` is either the old folder or the complete new one.
 
     Returns:
         A :class:`LegacyConversion` report. Load the result with the Auto classes after ``import mux_plms``
@@ -161,6 +174,10 @@ def convert_legacy_checkpoint(
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists() and not overwrite:
         raise LegacyCheckpointError(f"{out_dir} already holds a checkpoint (config.json); pass overwrite=True")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise LegacyCheckpointError(f"{out_dir} already exists and is not empty; pass overwrite=True to replace it")
+    if out_dir.resolve() == source.resolve():
+        raise LegacyCheckpointError(f"The output folder {out_dir} is the source folder: write the conversion elsewhere")
     legacy_config = _read_config(source)
     architecture, kind, model_class = _architecture(legacy_config)
     config_kwargs, legacy_options, ignored = _convert_config(legacy_config, kind)
@@ -168,11 +185,13 @@ def convert_legacy_checkpoint(
     model = model_class(config)
     state_dict, dropped = map_legacy_state_dict(_load_weights(source), legacy_config, kind, model)
     _load_into(model, state_dict)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, out_dir / name)
+    # Written into a temporary sibling and renamed into place with a completion marker: an interrupted
+    # conversion never leaves a half-written folder under `out_dir`.
+    with atomic_model_folder(out_dir, converted_from=str(src)) as folder:
+        model.save_pretrained(folder)
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, folder / name)
     report = LegacyConversion(
         out_dir=out_dir,
         architecture=architecture,
@@ -261,6 +280,14 @@ def _read_config(source: Path) -> dict:
         raise LegacyCheckpointError(
             f"{source}/config.json is not an original MUX-PLMs config: expected model_type 'bert' with "
             f"num_instances, muxing_variant and demuxing_variant; got model_type {model_type!r}"
+        )
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
+    if missing:
+        raise LegacyCheckpointError(
+            f"{source}/config.json has no {', '.join(missing)}: the original code always writes the BERT sizes "
+            "(hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, vocab_size, "
+            "max_position_embeddings), and the weights cannot be mapped without them. Restore them from the "
+            "checkpoint's published config.json."
         )
     return config
 
@@ -384,8 +411,17 @@ def _load_weights(source: Path) -> dict[str, torch.Tensor]:
         if not path.is_file():
             continue
         if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-            files = [source / shard for shard in shards]
+            try:
+                shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise LegacyCheckpointError(f"{path} is not a weight index (no readable weight_map): {error}") from error
+            try:
+                files = [contained_file(source, shard, f"shard listed in {name}") for shard in shards]
+            except ValueError as error:
+                raise LegacyCheckpointError(str(error)) from error
+            missing = [str(file) for file in files if not file.is_file()]
+            if missing:
+                raise LegacyCheckpointError(f"{path} lists shards that are not in {source}: {', '.join(missing)}")
         else:
             files = [path]
         state_dict: dict[str, torch.Tensor] = {}
