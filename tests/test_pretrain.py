@@ -331,6 +331,30 @@ def test_two_stages_in_one_process_write_complete_folders(texts, tmp_path):
     assert run(tiny_args(texts, out, stages="retrieval,mlm", resume_from_checkpoint="latest")) == []
 
 
+def test_stage_folder_is_written_whole_or_not_at_all(texts, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from mux_plms.training import pretrain
+    from mux_plms.utils.folders import COMPLETE_MARKER, check_complete
+
+    out = tmp_path / "run"
+    run(tiny_args(texts, out, max_steps=1, eval_steps=0, save_steps=0))
+    marker = check_complete(out / "stage1_retrieval")
+    assert {"model.safetensors", "config.json", "training_record.json", "tokenizer_config.json"} <= set(marker["files"])
+
+    def killed_while_saving(model, directory, accelerator, state_dict):
+        model.save_pretrained(directory)
+        raise KeyboardInterrupt("killed before the tokenizer and the record")
+
+    stage = replace(pretrain.STAGE_REGISTRY["retrieval"], save=killed_while_saving)
+    monkeypatch.setitem(pretrain.STAGE_REGISTRY, "retrieval", stage)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_args(texts, tmp_path / "crash", max_steps=1, eval_steps=0, save_steps=0))
+    assert not (tmp_path / "crash" / "stage1_retrieval").exists()  # nothing under the final name
+    (partial,) = (tmp_path / "crash").glob(".stage1_retrieval.partial-*")
+    assert (partial / "model.safetensors").is_file() and not (partial / COMPLETE_MARKER).exists()
+
+
 def test_warm_start_from_a_vanilla_bert_checkpoint(texts, tmp_path):
     from safetensors.torch import load_file
 

@@ -60,6 +60,11 @@ def test_polarity_train_eval_predict(trained):
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved["eval_accuracy"] == metrics["eval_accuracy"]
     assert json.loads((out / "config.json").read_text())["num_instances"] == 2
+    from mux_plms.utils.folders import check_complete
+
+    marker = check_complete(out)  # the fine-tuned model was published whole, with its completion marker
+    assert {"model.safetensors", "config.json", "tokenizer_config.json"} <= set(marker["files"])
+    assert not any(p.name.startswith(".out.staging") for p in out.parent.iterdir())
     test_rows = read_predictions(out / "predict_results_test.txt")
     assert [i for i, _ in test_rows] == list(range(21))
     assert {p for _, p in test_rows} <= {"negative", "positive"}

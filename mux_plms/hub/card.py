@@ -348,9 +348,11 @@ def count_safetensors_parameters(directory: str | os.PathLike) -> int | None:
         files = ["model.safetensors"]
     else:
         return None
+    from ..utils.folders import contained_file
+
     total = 0
     for name in files:
-        with open(directory / name, "rb") as handle:
+        with open(contained_file(directory, name, f"shard listed in {index.name}"), "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(length))
         for key, info in header.items():

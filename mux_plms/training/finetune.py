@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -142,11 +143,34 @@ def parse_arguments(data_arguments_class: type, argv: Sequence[str] | None = Non
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def save_model_whole(trainer, output_dir: str | None = None) -> None:
+    """``trainer.save_model`` into a staging sibling of the output folder, then the files moved into it and
+    the completion marker written last (`mux_plms.utils.folders.publish_staged_files`): a process killed
+    while saving leaves a folder without the marker, which ``mux-plms push`` refuses, never half a
+    ``model.safetensors`` under a valid marker. Every rank calls it (``save_model`` may gather weights)."""
+    import shutil
+
+    from ..utils.folders import publish_staged_files, staging_folder
+
+    target = Path(output_dir or trainer.args.output_dir)
+    staging = staging_folder(target)
+    main = trainer.is_world_process_zero()
+    if main and staging.exists():
+        shutil.rmtree(staging)  # left by a run killed while saving
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        publish_staged_files(staging, target)
+    trainer.accelerator.wait_for_everyone()
+
+
 def train_and_save(trainer, train_samples: int) -> dict[str, Any]:
-    """`trainer.train()` (resuming from ``--resume_from_checkpoint``), then save the model, the train
-    metrics (``train_results.json``) and the trainer state; returns the metrics."""
+    """`trainer.train()` (resuming from ``--resume_from_checkpoint``), then save the model whole
+    (:func:`save_model_whole`), the train metrics (``train_results.json``) and the trainer state; returns
+    the metrics."""
     result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
-    trainer.save_model()
+    save_model_whole(trainer)
     metrics = {**result.metrics, "train_samples": train_samples}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)

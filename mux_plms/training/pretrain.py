@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.collators import COLLATORS, MuxCollator
+from ..utils.folders import AtomicFolder
 from .arguments import PretrainingArguments
 from .pretrain_data import IndexedBlocks, load_raw_datasets, prune_vocabulary, tokenize_and_group
 
@@ -869,8 +870,10 @@ def train_stage(
     }
     unwrapped = accelerator.unwrap_model(model)
     state_dict = accelerator.get_state_dict(model)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    stage.save(unwrapped, stage_dir, accelerator, state_dict)
+    # Written into a temporary sibling and renamed into place with a completion marker (mux_plms.utils.folders):
+    # a process killed while saving never leaves a half-written folder under stage_dir.
+    writer = AtomicFolder(stage_dir, enabled=accelerator.is_main_process, stage=stage_name)
+    stage.save(unwrapped, writer.path, accelerator, state_dict)
     entry = {
         "stage": stage_name,
         "stage_index": index,
@@ -906,9 +909,11 @@ def train_stage(
         "resumed_from": progress.resumed_from,
     }
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(stage_dir)
+        tokenizer.save_pretrained(writer.path)
         history = read_record(init_source)  # the stages that produced the init folder, oldest first
-        (stage_dir / RECORD_FILE).write_text(json.dumps(history + [entry], indent=2) + "\n")
+        (writer.path / RECORD_FILE).write_text(json.dumps(history + [entry], indent=2) + "\n")
+    writer.commit()
+    if accelerator.is_main_process:
         print(f"Stage {index} ({stage_name}) done: {stage_dir} " + json.dumps(last_metrics))
     accelerator.wait_for_everyone()
     if accelerator.log_with:

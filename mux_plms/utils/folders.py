@@ -110,6 +110,54 @@ def check_complete(directory: str | os.PathLike, verify_hashes: bool = True) -> 
     return payload
 
 
+class AtomicFolder:
+    """A model folder being written: files go into :attr:`path` (a temporary sibling of `target`);
+    :meth:`commit` writes the completion marker and renames it to `target` (replacing an existing `target`
+    when `overwrite`, else `FileExistsError` up front); :meth:`abort` removes it. Prefer
+    :func:`atomic_model_folder`, which commits on success and aborts on an exception.
+
+    With ``enabled=False`` (the ranks other than the main one of a distributed run) :attr:`path` is a scratch
+    folder that is discarded: only the main process publishes."""
+
+    def __init__(self, target: str | os.PathLike, *, overwrite: bool = True, enabled: bool = True, **marker_info):
+        self.target = Path(target)
+        self.enabled = enabled
+        self.marker_info = marker_info
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        if enabled:
+            if self.target.exists() and not overwrite:
+                raise FileExistsError(f"{self.target} already exists")
+            for stale in self.target.parent.glob(f".{self.target.name}.partial-*"):  # a writer killed earlier
+                shutil.rmtree(stale, ignore_errors=True)
+            prefix = f".{self.target.name}.partial-"
+        else:
+            prefix = f".{self.target.name}.rank-"
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.target.parent))
+
+    def commit(self) -> Path:
+        """Publish the folder under its final name (main process) or discard the scratch copy (others)."""
+        if not self.enabled:
+            self.abort()
+            return self.target
+        write_complete_marker(self.path, **self.marker_info)
+        _fsync_tree(self.path)
+        target = self.target
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
+            # Move the old folder aside first, so that `target` is never a mix of both.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(self.path, target)
+            shutil.rmtree(old, ignore_errors=True)
+            return target
+        os.replace(self.path, target)
+        return target
+
+    def abort(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_model_folder(
     target: str | os.PathLike, *, overwrite: bool = True, enabled: bool = True, **marker_info
@@ -117,38 +165,52 @@ def atomic_model_folder(
     """Write a model folder whole: yields a temporary sibling of `target` to write into; on success it gets
     the completion marker and is renamed to `target` (an existing `target` is replaced when `overwrite`,
     otherwise `FileExistsError`). On an exception the temporary folder is removed and `target` is untouched.
-
-    With ``enabled=False`` (ranks other than the main one in a distributed run) it yields a scratch folder
-    that is discarded: only the main process publishes."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not enabled:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.rank-", dir=target.parent))
-        try:
-            yield scratch
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists")
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    With ``enabled=False`` (ranks other than the main one) it yields a scratch folder that is discarded."""
+    folder = AtomicFolder(target, overwrite=overwrite, enabled=enabled, **marker_info)
     try:
-        yield partial
-        write_complete_marker(partial, **marker_info)
-        _fsync_tree(partial)
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.exists():
-            # Move the old folder aside first, so that `target` is never a mix of both.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(partial, target)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-        os.replace(partial, target)
+        yield folder.path
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        folder.abort()
         raise
+    folder.commit()
+
+
+def staging_folder(target: str | os.PathLike) -> Path:
+    """The temporary sibling into which :func:`publish_staged_files` moves files into `target`: a fixed name
+    (``.<name>.staging``), so that every rank of a distributed run agrees on it."""
+    target = Path(target)
+    return target.parent / f".{target.name}.staging"
+
+
+def publish_staged_files(staging: str | os.PathLike, target: str | os.PathLike, **marker_info) -> Path:
+    """Move the files written into `staging` into the existing folder `target` (which also holds other
+    things, e.g. a Trainer output folder with its checkpoints and results), then write the completion
+    marker over them. `target`'s old marker is removed first, so that while files are being moved the folder
+    counts as incomplete; each file is replaced atomically (``os.replace``, same file system) after being
+    flushed to disk. Returns the marker's path."""
+    staging, target = Path(staging), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / COMPLETE_MARKER).unlink(missing_ok=True)
+    _fsync_tree(staging)
+    moved = folder_manifest(staging)
+    for entry in sorted(staging.iterdir()):
+        destination = target / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            if destination.exists():
+                shutil.rmtree(destination)
+            os.replace(entry, destination)
+        else:
+            os.replace(entry, destination)
+    shutil.rmtree(staging, ignore_errors=True)
+    payload = {"version": MARKER_VERSION, "written_by": "mux-plms", "time": time.time(), **marker_info}
+    payload["files"] = {name: moved[name] for name in sorted(moved)}
+    marker = target / COMPLETE_MARKER
+    partial = marker.with_name(marker.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    with open(partial, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, marker)
+    return marker
 
 
 def contained_file(folder: str | os.PathLike, name: str, what: str = "file") -> Path:
@@ -169,6 +231,7 @@ def contained_file(folder: str | os.PathLike, name: str, what: str = "file") -> 
 
 
 __all__ = [
+    "AtomicFolder",
     "COMPLETE_MARKER",
     "IncompleteFolderError",
     "atomic_model_folder",
@@ -176,5 +239,7 @@ __all__ = [
     "contained_file",
     "folder_manifest",
     "is_complete",
+    "publish_staged_files",
+    "staging_folder",
     "write_complete_marker",
 ]
