@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     regression = task.is_regression if task else None
     if data_args.label_type is not None:
         if data_args.label_type not in tasks.LABEL_TYPES:
-            raise ValueError(f"--label_type must be one of {', '.join(tasks.LABEL_TYPES)}; got {data_args.label_type!r}")
+            raise ValueError(
+                f"--label_type must be one of {', '.join(tasks.LABEL_TYPES)}; got {data_args.label_type!r}"
+            )
         wanted = data_args.label_type == "regression"
         if task is not None and wanted != task.is_regression:
             raise ValueError(f"--label_type {data_args.label_type} contradicts the task {task.name}")

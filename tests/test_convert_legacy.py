@@ -542,7 +542,11 @@ def test_token_classification_of_the_contextual_multiplexer_follows_the_original
     model = AutoModelForTokenClassification.from_pretrained(
         tmp_path / "mlm-converted", num_labels=NUM_LABELS, **options
     ).eval()
-    sd = {**mlm_sd, "classifier.weight": model.classifier.out_proj.weight, "classifier.bias": model.classifier.out_proj.bias}
+    sd = {
+        **mlm_sd,
+        "classifier.weight": model.classifier.out_proj.weight,
+        "classifier.bias": model.classifier.out_proj.bias,
+    }
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, legacy_forward(sd, tokcls, **inputs)[0], atol=1e-4, rtol=0)
 

@@ -294,7 +294,9 @@ def test_a_folder_killed_while_saving_is_never_published(hub, online, tmp_path):
 
     model, target = save_tiny(tmp_path / "model")
     before = (target / "model.safetensors").read_bytes()
-    _kill_mid_write(tmp_path, f"with atomic_model_folder({str(target)!r}) as partial:\n    model.save_pretrained(partial)")
+    _kill_mid_write(
+        tmp_path, f"with atomic_model_folder({str(target)!r}) as partial:\n    model.save_pretrained(partial)"
+    )
     assert (target / "model.safetensors").read_bytes() == before  # the old folder, whole
     (partial,) = tmp_path.glob(".model.partial-*")
     assert 0 < (partial / "model.safetensors").stat().st_size < len(before) and not (partial / COMPLETE_MARKER).exists()

@@ -235,7 +235,11 @@ def raw_exchange(port: int, data: bytes, shutdown_write: bool = False, timeout: 
             head, sep, rest = received.partition(b"\r\n\r\n")
             if sep:
                 length = next(
-                    (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
                     0,
                 )
                 if len(rest) >= length:
@@ -257,7 +261,9 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes, list[bytes]]
     return status, headers, body, lines
 
 
-def commit_request(repo: str, lines: list, token: str = "t", length: int | None = None, cut: int | None = None) -> bytes:
+def commit_request(
+    repo: str, lines: list, token: str = "t", length: int | None = None, cut: int | None = None
+) -> bytes:
     body = b"\n".join(x if isinstance(x, bytes) else json.dumps(x).encode() for x in lines)
     announced = len(body) if length is None else length
     if cut is not None:
@@ -299,19 +305,41 @@ def test_truncated_commit_is_refused_and_nothing_is_stored(hub, api):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        ([HEADER, {"key": "file", "value": {"path": "a.txt", "content": "not base64!", "encoding": "base64"}}], "not valid base64"),
-        ([HEADER, {"key": "file", "value": {"path": "a.txt", "content": "YWJj=", "encoding": "base64"}}], "not valid base64"),
+        (
+            [HEADER, {"key": "file", "value": {"path": "a.txt", "content": "not base64!", "encoding": "base64"}}],
+            "not valid base64",
+        ),
+        (
+            [HEADER, {"key": "file", "value": {"path": "a.txt", "content": "YWJj=", "encoding": "base64"}}],
+            "not valid base64",
+        ),
         ([HEADER, file_line("ok.txt", b"kept?"), b"{not json"], "Line 3 of the commit is not valid JSON"),
         ([HEADER, file_line("ok.txt", b"kept?"), b"[1, 2]"], "Line 3 of the commit must be an object"),
         ([HEADER, file_line("ok.txt", b"kept?"), file_line("bad\r\nSet-Cookie: x", b"y")], "control characters"),
         ([HEADER, file_line("ok.txt", b"kept?"), file_line("../escape", b"y")], "Invalid file path"),
-        ([HEADER, file_line("ok.txt", b"kept?"), {"key": "file", "value": {"path": 3, "content": ""}}], "must be a str"),
+        (
+            [HEADER, file_line("ok.txt", b"kept?"), {"key": "file", "value": {"path": 3, "content": ""}}],
+            "must be a str",
+        ),
         ([file_line("ok.txt", b"kept?"), HEADER], "must start with its header line"),
         ([HEADER, file_line("ok.txt", b"kept?"), file_line("ok.txt", b"again")], "appears twice"),
-        ([HEADER, file_line("ok.txt", b"kept?"), {"key": "deletedFile", "value": {"path": "missing.txt"}}], "no such file"),
+        (
+            [HEADER, file_line("ok.txt", b"kept?"), {"key": "deletedFile", "value": {"path": "missing.txt"}}],
+            "no such file",
+        ),
     ],
-    ids=["bad-alphabet", "bad-padding", "bad-json", "not-object", "crlf-path", "dotdot", "wrong-type",
-         "no-header-first", "duplicate", "delete-missing"],  # fmt: skip
+    ids=[
+        "bad-alphabet",
+        "bad-padding",
+        "bad-json",
+        "not-object",
+        "crlf-path",
+        "dotdot",
+        "wrong-type",
+        "no-header-first",
+        "duplicate",
+        "delete-missing",
+    ],  # fmt: skip
 )
 def test_malformed_commit_lines_are_refused_before_any_blob_is_written(hub, api, lines, message):
     api.create_repo("org/bad")
@@ -324,8 +352,13 @@ def test_malformed_commit_lines_are_refused_before_any_blob_is_written(hub, api,
 
 def test_control_characters_never_reach_a_response_header(hub, api):
     api.create_repo("org/hdr")
-    for path in ("/org/hdr/resolve/main/a%0d%0aSet-Cookie:%20stolen", "/api/models/org/hdr/tree/main/x%0aX-Injected:%201"):
-        status, headers, body, lines = parse_response(raw_exchange(hub.port, f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode()))
+    for path in (
+        "/org/hdr/resolve/main/a%0d%0aSet-Cookie:%20stolen",
+        "/api/models/org/hdr/tree/main/x%0aX-Injected:%201",
+    ):
+        status, headers, body, lines = parse_response(
+            raw_exchange(hub.port, f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        )
         assert status == 400 and "control characters" in json.loads(body)["error"]
         assert not any(line.lower().startswith((b"set-cookie", b"x-injected")) for line in lines)
         assert "\r" not in headers["x-error-message"] and "\n" not in headers["x-error-message"]
@@ -336,12 +369,18 @@ def test_control_characters_never_reach_a_response_header(hub, api):
     [
         (b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 9\r\n\r\n{not json", 400),
         (b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 6\r\n\r\n[1, 2]", 400),
-        (b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 13\r\n\r\n{\"name\": 123}", 400),
+        (b'POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 13\r\n\r\n{"name": 123}', 400),
         (b"POST /api/validate-yaml HTTP/1.1\r\nContent-Length: 4\r\n\r\nnull", 400),
-        (b"POST /api/models/org/m/preupload/main HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 14\r\n\r\n"
-         b"{\"files\": [1]}", 400),
+        (
+            b"POST /api/models/org/m/preupload/main HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 14\r\n\r\n"
+            b'{"files": [1]}',
+            400,
+        ),
         (b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: ab\r\n\r\n", 400),
-        (b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (
+            b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            400,
+        ),
         (b"GARBAGE\r\n\r\n", 400),
     ],
     ids=["not-json", "not-object", "wrong-type", "null-yaml", "bad-preupload", "bad-length", "bad-chunk", "bad-line"],
@@ -366,7 +405,7 @@ def test_body_limit_idle_timeout_and_stalled_body(tmp_path):
             assert sock.recv(1024) == b""
         assert time.monotonic() - started < 8
 
-        stalled = b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 100\r\n\r\n{\"na"
+        stalled = b'POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 100\r\n\r\n{"na'
         status, _, body, _ = parse_response(raw_exchange(hub.port, stalled))
         assert status == 408 and "did not arrive within 1.0 s" in json.loads(body)["error"]
         assert hub.store.list_repos() == []

@@ -271,7 +271,9 @@ def test_every_load_path_refuses_multiplexing_overrides_that_contradict_the_chec
             with pytest.raises(ValueError, match=message):
                 load(tmp_path / "bert", ignore_mismatched_sizes=ignore, **override)
     with pytest.raises(ValueError, match=message):
-        AutoModelForSequenceClassification.from_pretrained(tmp_path / "electra", ignore_mismatched_sizes=True, **override)
+        AutoModelForSequenceClassification.from_pretrained(
+            tmp_path / "electra", ignore_mismatched_sizes=True, **override
+        )
     for config_class in (AutoConfig, MuxBertConfig):
         with pytest.raises(ValueError, match=message):
             config_class.from_pretrained(tmp_path / "bert", **override)
@@ -293,7 +295,9 @@ TINY_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_he
 @pytest.mark.parametrize("shape", [(0, 5), (4, 0)], ids=["no_rows", "no_positions"])
 def test_empty_batches_are_refused_with_the_problem_named(shape, demuxing):
     model = MuxBertForSequenceClassification(tiny_config(num_labels=3, demuxing_variant=demuxing)).eval()
-    with pytest.raises(ValueError, match=rf"input_ids has shape \({shape[0]}, {shape[1]}\): a batch needs at least one row"):
+    with pytest.raises(
+        ValueError, match=rf"input_ids has shape \({shape[0]}, {shape[1]}\): a batch needs at least one row"
+    ):
         model(input_ids=torch.ones(shape, dtype=torch.long))
 
 
@@ -309,7 +313,9 @@ def test_integer_labels_of_any_width_are_class_ids_and_float_token_labels_are_re
     tok = MuxBertForTokenClassification(tiny_config(num_labels=3)).eval()
     labels = torch.randint(0, 3, inputs["input_ids"].shape)
     torch.testing.assert_close(tok(**inputs, labels=labels.to(torch.int8)).loss, tok(**inputs, labels=labels).loss)
-    with pytest.raises(ValueError, match=r"Token classification labels must be integer class ids .*torch\.float32.*labels\.long\(\)"):
+    with pytest.raises(
+        ValueError, match=r"Token classification labels must be integer class ids .*torch\.float32.*labels\.long\(\)"
+    ):
         tok(**inputs, labels=labels.float())
     mlm = MuxBertForMaskedLM(tiny_config()).eval()
     with pytest.raises(ValueError, match=r"MLM labels must be integer class ids"):

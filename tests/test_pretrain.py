@@ -578,9 +578,12 @@ def test_resume_runs_no_payload_planted_in_any_pickle_bearing_file(interrupted, 
     assert not marker.exists() and not any(v for k, v in results.items() if k.endswith("ran code")), results
     assert results["none"] == "resumed"
     for case in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "pytorch_model.bin"):
-        assert results[case].startswith("ValueError") and f"{case} does not load with weights_only=True" in results[case]
-    assert "custom_checkpoint_0.pkl is a pickle that accelerate would load with weights_only=False" in (
-        results["custom_checkpoint_0.pkl"]
+        assert (
+            results[case].startswith("ValueError") and f"{case} does not load with weights_only=True" in results[case]
+        )
+    assert (
+        "custom_checkpoint_0.pkl is a pickle that accelerate would load with weights_only=False"
+        in (results["custom_checkpoint_0.pkl"])
     )
 
 

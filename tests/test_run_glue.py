@@ -219,7 +219,9 @@ def test_integer_labels_with_missing_rows_and_a_float_class_column(tiny_mux, tmp
     write_csv(tmp_path / "train_f.csv", pair_rows(6, labels=(0.0, 1.0)))
     write_csv(tmp_path / "dev_f.csv", pair_rows(4, labels=(1.0, 0.0)))
     floats = ["--train_file", tmp_path / "train_f.csv", "--validation_file", tmp_path / "dev_f.csv"]
-    with pytest.raises(ValueError, match=r"floats that are all whole numbers \(0\.0, 1\.0\).*--label_type classification"):
+    with pytest.raises(
+        ValueError, match=r"floats that are all whole numbers \(0\.0, 1\.0\).*--label_type classification"
+    ):
         script.main([str(a) for a in [*base, *floats, "--output_dir", tmp_path / "refused"] + FAST])
     assert not (tmp_path / "refused" / "model.safetensors").exists()
     metrics = run_glue(*base, *floats, "--label_type", "classification", "--output_dir", tmp_path / "classes")

@@ -28,7 +28,9 @@ def prefix_length(case: BenchCase) -> int:
     the demultiplexer's own formula."""
     from ..models.demultiplexing import prefix_length as demux_prefix_length
 
-    return demux_prefix_length(SimpleNamespace(num_instances=case.num_instances, demuxing_variant=case.demuxing_variant))
+    return demux_prefix_length(
+        SimpleNamespace(num_instances=case.num_instances, demuxing_variant=case.demuxing_variant)
+    )
 
 
 def head_macs(case: BenchCase) -> int:

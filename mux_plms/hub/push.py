@@ -229,7 +229,9 @@ def build_operations(directory: Path, readme: str) -> tuple[list[CommitOperation
                 try:
                     json.loads(path.read_bytes())
                 except ValueError as error:
-                    raise IncompleteModelError(f"Refusing to push {directory}: {name} is not valid JSON ({error})")
+                    raise IncompleteModelError(
+                        f"Refusing to push {directory}: {name} is not valid JSON ({error})"
+                    ) from error
             # The resolved path: a link inside the folder is read where it points, once checked.
             operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path.resolve())))
             present.add(name)

@@ -6,8 +6,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AlbertConfig
 
 from .configuration_mux_bert import (
-    CheckpointOverrideGuard,
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
+    CheckpointOverrideGuard,
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
 )

@@ -474,7 +474,12 @@ class _Handler(BaseHTTPRequestHandler):
             path = check_path(_field(item, "path", str))
             existing = head_files.get(path)
             answer.append(
-                {"path": path, "uploadMode": "regular", "shouldIgnore": False, "oid": existing.git_oid if existing else None}
+                {
+                    "path": path,
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": existing.git_oid if existing else None,
+                }
             )
         self._json(200, {"files": answer, "commitOid": self.server.store.resolve(repo_type, repo_id, "main")})
         return True
@@ -505,7 +510,9 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 item = json.loads(line)
             except (ValueError, UnicodeDecodeError) as exc:
-                raise StoreError(400, f"Line {number} of the commit is not valid JSON ({exc}): nothing was stored")
+                raise StoreError(
+                    400, f"Line {number} of the commit is not valid JSON ({exc}): nothing was stored"
+                ) from None
             if not isinstance(item, dict) or set(item) != {"key", "value"} or not isinstance(item["value"], dict):
                 raise StoreError(400, f"Line {number} of the commit must be an object {{'key': ..., 'value': {{...}}}}")
             key, value = item["key"], item["value"]
@@ -528,7 +535,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             if key not in ("file", "deletedFile", "deletedFolder"):
                 raise StoreError(400, f"Line {number}: unknown commit operation {key!r}")
-            path = check_path(_field(value, "path", str).rstrip("/") if key == "deletedFolder" else _field(value, "path", str))
+            path = check_path(
+                _field(value, "path", str).rstrip("/") if key == "deletedFolder" else _field(value, "path", str)
+            )
             if path in seen:
                 raise StoreError(400, f"Line {number}: {path!r} appears twice in the commit")
             seen.add(path)
@@ -540,7 +549,9 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     data = base64.b64decode(content.encode("ascii"), validate=True)
                 except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
-                    raise StoreError(400, f"Line {number}: the content of {path!r} is not valid base64 ({exc})")
+                    raise StoreError(
+                        400, f"Line {number}: the content of {path!r} is not valid base64 ({exc})"
+                    ) from None
                 if base64.b64encode(data).decode("ascii") != content:  # strict: the one canonical encoding
                     raise StoreError(
                         400, f"Line {number}: the content of {path!r} is not valid base64 (not canonically padded)"

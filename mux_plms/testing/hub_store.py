@@ -92,8 +92,9 @@ def check_path(path: str) -> str:
         raise StoreError(400, f"Invalid file path {path!r}: expected a relative path without '..'")
     if _CONTROL.search(path) or "\\" in path or len(path) > MAX_PATH_LENGTH:
         raise StoreError(
-            400, f"Invalid file path {path!r}: control characters and backslashes are not allowed (at most "
-            f"{MAX_PATH_LENGTH} characters)"
+            400,
+            f"Invalid file path {path!r}: control characters and backslashes are not allowed (at most "
+            f"{MAX_PATH_LENGTH} characters)",
         )
     return path
 
@@ -215,7 +216,11 @@ class RepoStore:
                 files = {p: e for p, e in files.items() if not p.startswith(prefix)}
             entries = {}
             for path, data in additions.items():
-                entries[path] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "git_oid": git_blob_oid(data)}
+                entries[path] = {
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                    "git_oid": git_blob_oid(data),
+                }
             # All checks passed: only now are blobs written, then the commit, then the new head.
             for path, data in additions.items():
                 blob = directory / "blobs" / entries[path]["sha256"]

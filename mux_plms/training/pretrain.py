@@ -113,9 +113,10 @@ class TrainingProgress:
             }
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"The checkpoint's progress is malformed ({type(error).__name__}: {error})") from error
-        if len(fields["samples_per_rank"]) != fields["num_processes"] or len(fields["tokens_per_rank"]) != fields[
-            "num_processes"
-        ]:
+        if (
+            len(fields["samples_per_rank"]) != fields["num_processes"]
+            or len(fields["tokens_per_rank"]) != fields["num_processes"]
+        ):
             raise ValueError("The checkpoint's progress is malformed: one count per process is expected")
         state = {**state, **fields}
         if state["num_processes"] != self.num_processes:
