@@ -145,6 +145,19 @@ def test_bad_token_data_fails_before_training(tiny_token_model, tmp_path, dev_ro
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+def test_integer_tags_are_read_as_tag_names(tiny_token_model, tmp_path):
+    rows = [{"tokens": ["hi", "bob"], "tags": [0, 1]}, {"tokens": ["bob", "smith"], "tags": [1, 2]}]
+    write_jsonl(tmp_path / "train.json", rows)
+    write_jsonl(tmp_path / "dev.json", rows[:1])
+    metrics = run_ner(
+        "--model_name_or_path", tiny_token_model, "--train_file", tmp_path / "train.json", "--validation_file",
+        tmp_path / "dev.json", "--do_train", "--do_eval", "--max_steps", 1, "--ignore_mismatched_sizes",
+        "--output_dir", tmp_path / "out",
+    )  # fmt: skip
+    assert "eval_accuracy" in metrics  # not BIO names: word accuracy
+    assert sorted(json.loads((tmp_path / "out" / "config.json").read_text())["label2id"]) == ["0", "1", "2"]
+
+
 def test_model_n_must_match(tiny_token_model, tmp_path):
     import run_ner as script
 
