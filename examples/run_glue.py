@@ -64,6 +64,14 @@ class DataTrainingArguments:
     test_file: str | None = field(default=None, metadata={"help": "csv / json test file (labels optional)"})
     text_columns: str | None = field(default=None, metadata={"help": "One or two comma-separated text columns"})
     label_column_name: str = field(default="label", metadata={"help": "The label column"})
+    label_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "classification or regression (default: from the label column: integers and strings are "
+            "classes, floats with a fraction are scores; floats that are all whole numbers must be told)",
+            "choices": list(tasks.LABEL_TYPES),
+        },
+    )
     max_seq_length: int = field(default=128, metadata={"help": "Tokens per input after truncation"})
     pad_to_max_length: bool = field(default=False, metadata={"help": "Pad every input to max_seq_length"})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples"})
@@ -115,9 +123,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 logger.warning("Dropped %d rows with an empty text from the %s split", count, split)
     tasks.check_no_empty_texts(raw, text_columns, labelled + test_splits)
     test_with_labels = [s for s in test_splits if label_column in raw[s].column_names]
-    labels = tasks.sequence_labels(
-        raw, label_column, labelled[0], labelled + test_with_labels, regression=task.is_regression if task else None
-    )
+    regression = task.is_regression if task else None
+    if data_args.label_type is not None:
+        if data_args.label_type not in tasks.LABEL_TYPES:
+            raise ValueError(
+                f"--label_type must be one of {', '.join(tasks.LABEL_TYPES)}; got {data_args.label_type!r}"
+            )
+        wanted = data_args.label_type == "regression"
+        if task is not None and wanted != task.is_regression:
+            raise ValueError(f"--label_type {data_args.label_type} contradicts the task {task.name}")
+        regression = wanted
+    labels = tasks.sequence_labels(raw, label_column, labelled[0], labelled + test_with_labels, regression=regression)
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
     id2label = None if labels.is_regression else dict(enumerate(labels.names))
@@ -189,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         references = data[split]["labels"] if "labels" in data[split].column_names else []
         keep = [i for i, r in enumerate(references) if r is not None]  # unlabelled test rows are skipped
         if keep:
-            scores = classification_metrics(metric_names, predicted[keep], np.asarray(references)[keep])
+            scores = classification_metrics(metric_names, predicted[keep], np.asarray([references[i] for i in keep]))
             metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
         trainer.log_metrics(prefix, metrics)
         trainer.save_metrics(prefix, metrics)

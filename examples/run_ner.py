@@ -131,10 +131,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raise ValueError(
                 f"The {split} split has {len(bad)} rows whose word and tag lists differ in length (rows {bad[:5]})"
             )
+    tasks.check_token_tag_types(raw, tags_column, scored)
     label_names = tasks.token_label_list(raw[labelled[0]], tags_column)
     class_label = tasks.class_label_names(raw[labelled[0]], tags_column) is not None
     known = range(len(label_names)) if class_label else label_names
-    tasks.check_known_labels(raw, tags_column, known, [s for s in scored if s != labelled[0]], nested=True)
+    tasks.check_known_labels(
+        raw, tags_column, known, [s for s in scored if s != labelled[0]], nested=True, key=None if class_label else str
+    )
     label_to_id = {name: i for i, name in enumerate(label_names)}
     metric = data_args.metric or (task.metric if task else None)
     if metric is None:
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metric = "seqeval" if bio else "accuracy"
 
     def tag_id(tag) -> int:
-        return int(tag) if class_label else label_to_id[tag]
+        return int(tag) if class_label else label_to_id[str(tag)]  # plain tags are names (integers too)
 
     continuation = continuation_label_ids(label_names)
 

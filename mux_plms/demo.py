@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .utils.folders import atomic_model_folder
+
 DEFAULT_OUTPUT = "outputs/demo"
 # Binary keys (each instance owns a slice of the hidden dimensions) suit a warm start: every slice of a
 # pre-trained embedding still identifies its token, so token retrieval starts learning at once. Measured:
@@ -371,9 +373,10 @@ class Demo:
                       if k not in ("num_instances", "muxing_variant", "demuxing_variant")}  # fmt: skip
             torch.manual_seed(self.seed)
             model = BertModel(BertConfig(vocab_size=len(self.tokenizer), **fields))
-            model.save_pretrained(folder)
-            self.tokenizer.save_pretrained(folder)
-            _write_json(folder / DONE, {"preset": self.recipe.backbone})
+            with atomic_model_folder(folder) as partial:  # whole or absent, never half-written
+                model.save_pretrained(partial)
+                self.tokenizer.save_pretrained(partial)
+                _write_json(partial / DONE, {"preset": self.recipe.backbone})
         return folder
 
     # ---------------------------------------------------------------------------------- stages 1-2
@@ -393,9 +396,10 @@ class Demo:
                 muxing_seed=self.seed,
                 gaussian_hadamard_norm=float(hidden) ** 0.5,
             )
-            model.save_pretrained(folder)
-            self.tokenizer.save_pretrained(folder)
-            _write_json(folder / DONE, {"gaussian_hadamard_norm": model.config.gaussian_hadamard_norm})
+            with atomic_model_folder(folder) as partial:
+                model.save_pretrained(partial)
+                self.tokenizer.save_pretrained(partial)
+                _write_json(partial / DONE, {"gaussian_hadamard_norm": model.config.gaussian_hadamard_norm})
         return folder
 
     @property
@@ -533,8 +537,9 @@ class Demo:
             desc=f"{task} N={n}",
         )  # fmt: skip
         model_dir = folder / "model"
-        model.save_pretrained(model_dir)
-        self.tokenizer.save_pretrained(model_dir)
+        with atomic_model_folder(model_dir) as partial:
+            model.save_pretrained(partial)
+            self.tokenizer.save_pretrained(partial)
         metrics = result.metrics
         summary = {
             "task": task,

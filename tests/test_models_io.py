@@ -242,6 +242,86 @@ def test_checkpoint_num_instances_differs_from_override(tmp_path):
     assert same.config.num_instances == 2
 
 
+@pytest.mark.parametrize(
+    "override",
+    [{"num_instances": 5}, {"muxing_variant": "random_ortho"}, {"demuxing_variant": "mlp"}, {"muxing_seed": 7}],
+    ids=lambda o: next(iter(o)),
+)
+def test_every_load_path_refuses_multiplexing_overrides_that_contradict_the_checkpoint(tmp_path, override):
+    """MUX classes, Auto classes and the configs, with or without ignore_mismatched_sizes: an override of N,
+    the (de)multiplexer or the key seed that differs from the checkpoint is refused, naming the field."""
+    from transformers import BertConfig, BertModel
+
+    from mux_plms import MuxElectraConfig, MuxElectraForSequenceClassification
+
+    settings = dict(num_instances=2, muxing_variant="gaussian_hadamard", demuxing_variant="rsa", muxing_seed=0)
+    MuxBertForSequenceClassification(tiny_config(num_labels=3, **settings)).save_pretrained(tmp_path / "bert")
+    electra = MuxElectraConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in TINY_KEYS}, **settings)
+    MuxElectraForSequenceClassification(electra).save_pretrained(tmp_path / "electra")
+    name, value = next(iter(override.items()))
+    saved = settings[name]
+    message = rf"trained with {name}={saved!r}, but {name}={value!r} was requested"
+    loaders = [
+        lambda p, **kw: MuxBertForSequenceClassification.from_pretrained(p, **kw),
+        lambda p, **kw: AutoModelForSequenceClassification.from_pretrained(p, **kw),
+        lambda p, **kw: AutoModel.from_pretrained(p, **kw),
+    ]
+    for load in loaders:
+        for ignore in (False, True):
+            with pytest.raises(ValueError, match=message):
+                load(tmp_path / "bert", ignore_mismatched_sizes=ignore, **override)
+    with pytest.raises(ValueError, match=message):
+        AutoModelForSequenceClassification.from_pretrained(
+            tmp_path / "electra", ignore_mismatched_sizes=True, **override
+        )
+    for config_class in (AutoConfig, MuxBertConfig):
+        with pytest.raises(ValueError, match=message):
+            config_class.from_pretrained(tmp_path / "bert", **override)
+    # the checkpoint's own values are accepted; a vanilla checkpoint takes any (a warm start)
+    same = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert", **{name: saved})
+    assert getattr(same.config, name) == saved
+    BertModel(BertConfig(**{k: v for k, v in tiny_config().to_dict().items() if k in TINY_KEYS})).save_pretrained(
+        tmp_path / "vanilla"
+    )
+    warm = MuxBertForSequenceClassification.from_pretrained(tmp_path / "vanilla", num_labels=3, **override)
+    assert getattr(warm.config, name) == value
+
+
+TINY_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings")  # fmt: skip
+
+
+@pytest.mark.parametrize("demuxing", ["rsa", "prefix"])
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0)], ids=["no_rows", "no_positions"])
+def test_empty_batches_are_refused_with_the_problem_named(shape, demuxing):
+    model = MuxBertForSequenceClassification(tiny_config(num_labels=3, demuxing_variant=demuxing)).eval()
+    with pytest.raises(
+        ValueError, match=rf"input_ids has shape \({shape[0]}, {shape[1]}\): a batch needs at least one row"
+    ):
+        model(input_ids=torch.ones(shape, dtype=torch.long))
+
+
+def test_integer_labels_of_any_width_are_class_ids_and_float_token_labels_are_refused():
+    inputs = make_inputs(batch=4)
+    seq = MuxBertForSequenceClassification(tiny_config(num_labels=3)).eval()
+    reference = seq(**inputs, labels=torch.tensor([0, 1, 2, 1])).loss
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+        fresh = MuxBertForSequenceClassification(tiny_config(num_labels=3)).eval()
+        fresh.load_state_dict(seq.state_dict())
+        torch.testing.assert_close(fresh(**inputs, labels=torch.tensor([0, 1, 2, 1], dtype=dtype)).loss, reference)
+        assert fresh.config.problem_type == "single_label_classification"
+    tok = MuxBertForTokenClassification(tiny_config(num_labels=3)).eval()
+    labels = torch.randint(0, 3, inputs["input_ids"].shape)
+    torch.testing.assert_close(tok(**inputs, labels=labels.to(torch.int8)).loss, tok(**inputs, labels=labels).loss)
+    with pytest.raises(
+        ValueError, match=r"Token classification labels must be integer class ids .*torch\.float32.*labels\.long\(\)"
+    ):
+        tok(**inputs, labels=labels.float())
+    mlm = MuxBertForMaskedLM(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"MLM labels must be integer class ids"):
+        mlm(**inputs, labels=inputs["input_ids"].float())
+
+
 def test_bad_input_shapes():
     model = MuxBertModel(tiny_config())
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):

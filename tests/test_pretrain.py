@@ -331,6 +331,30 @@ def test_two_stages_in_one_process_write_complete_folders(texts, tmp_path):
     assert run(tiny_args(texts, out, stages="retrieval,mlm", resume_from_checkpoint="latest")) == []
 
 
+def test_stage_folder_is_written_whole_or_not_at_all(texts, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from mux_plms.training import pretrain
+    from mux_plms.utils.folders import COMPLETE_MARKER, check_complete
+
+    out = tmp_path / "run"
+    run(tiny_args(texts, out, max_steps=1, eval_steps=0, save_steps=0))
+    marker = check_complete(out / "stage1_retrieval")
+    assert {"model.safetensors", "config.json", "training_record.json", "tokenizer_config.json"} <= set(marker["files"])
+
+    def killed_while_saving(model, directory, accelerator, state_dict):
+        model.save_pretrained(directory)
+        raise KeyboardInterrupt("killed before the tokenizer and the record")
+
+    stage = replace(pretrain.STAGE_REGISTRY["retrieval"], save=killed_while_saving)
+    monkeypatch.setitem(pretrain.STAGE_REGISTRY, "retrieval", stage)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_args(texts, tmp_path / "crash", max_steps=1, eval_steps=0, save_steps=0))
+    assert not (tmp_path / "crash" / "stage1_retrieval").exists()  # nothing under the final name
+    (partial,) = (tmp_path / "crash").glob(".stage1_retrieval.partial-*")
+    assert (partial / "model.safetensors").is_file() and not (partial / COMPLETE_MARKER).exists()
+
+
 def test_warm_start_from_a_vanilla_bert_checkpoint(texts, tmp_path):
     from safetensors.torch import load_file
 
@@ -479,6 +503,105 @@ def test_sigkill_after_the_second_checkpoint_then_resume_matches_an_uninterrupte
     assert resumed["final_metrics"]["retrieval_accuracy"] == pytest.approx(
         reference["final_metrics"]["retrieval_accuracy"]
     )
+
+
+@pytest.fixture(scope="module")
+def interrupted(texts, tmp_path_factory):
+    """A real stage-1 run left at its step-2 checkpoint (the stage folder removed: as if killed after it)."""
+    import shutil
+
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    settings = dict(stages="retrieval", max_steps=4, save_steps=2, eval_steps=0, seed=7)
+    run(tiny_args(texts, out, **settings))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    shutil.rmtree(out / "stage1_retrieval")
+    (out / "pretraining_summary.json").unlink()
+    checkpoint = out / "checkpoints" / "stage1_retrieval" / "step_00000002"
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "model.safetensors", "optimizer.bin", "progress.json", "random_states_0.pkl", "scheduler.bin"
+    ]  # fmt: skip
+    return out, settings
+
+
+PAYLOAD_RESUME = """
+import json, shutil, sys, traceback
+from pathlib import Path
+import torch
+from mux_plms.training.arguments import PretrainingArguments
+from mux_plms.training.pretrain import run_pretraining
+
+pristine, work, marker, args = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
+
+class Payload:
+    def __reduce__(self):  # unpickling this creates the marker file: code ran
+        return (open, (str(marker), "w"))
+
+results = {}
+for case in ["none", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl",
+             "pytorch_model.bin"]:
+    run_dir = work / case
+    shutil.copytree(pristine, run_dir)
+    checkpoint = run_dir / "checkpoints" / "stage1_retrieval" / "step_00000002"
+    if case == "pytorch_model.bin":  # weights as a pickle instead of safetensors
+        (checkpoint / "model.safetensors").unlink()
+    if case != "none":
+        torch.save(Payload(), checkpoint / case)
+    try:
+        run_pretraining(PretrainingArguments(**{**args, "output_dir": str(run_dir), "resume_from_checkpoint": "latest"}))
+        results[case] = "resumed"
+    except Exception as error:
+        results[case] = f"{type(error).__name__}: {error}"
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    AcceleratorState._reset_state(True); GradientState._reset_state(); PartialState._reset_state()
+    results[case + " ran code"] = marker.exists()
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def test_resume_runs_no_payload_planted_in_any_pickle_bearing_file(interrupted, texts, tmp_path):
+    """A pickle whose unpickling creates a file, put in each pickle-bearing file of a real checkpoint in turn
+    (and as the custom_checkpoint_0.pkl accelerate unpickles with weights_only=False): resuming in a real
+    subprocess never runs it, and refuses naming the file; the untouched checkpoint resumes."""
+    out, settings = interrupted
+    marker = tmp_path / "payload-ran"
+    args = {k: v for k, v in tiny_args(texts, out, **settings).to_dict().items() if v is not None}
+    result = subprocess.run(
+        [sys.executable, "-c", PAYLOAD_RESUME, str(out), str(tmp_path / "work"), str(marker), json.dumps(args)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULTS "))[8:])
+    assert not marker.exists() and not any(v for k, v in results.items() if k.endswith("ran code")), results
+    assert results["none"] == "resumed"
+    for case in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "pytorch_model.bin"):
+        assert (
+            results[case].startswith("ValueError") and f"{case} does not load with weights_only=True" in results[case]
+        )
+    assert (
+        "custom_checkpoint_0.pkl is a pickle that accelerate would load with weights_only=False"
+        in (results["custom_checkpoint_0.pkl"])
+    )
+
+
+def test_resume_refuses_changed_settings_naming_each_field(interrupted, texts, tmp_path):
+    out, settings = interrupted
+    other = tmp_path / "other.txt"
+    other.write_text(Path(texts["train"]).read_text() + "one more line of text\n")
+    changed = dict(settings, seed=8, learning_rate=2e-3, train_file=str(other), resume_from_checkpoint="latest")
+    with pytest.raises(ValueError, match="settings differ") as error:
+        run(tiny_args(texts, out, **changed))
+    message = str(error.value)
+    for field in ("seed: 8 now, 7 in the checkpoint", "learning_rate: 0.002 now", "train_file: ",
+                  "train_file size (bytes): "):  # fmt: skip
+        assert field in message, message
+    assert "--overwrite_output_dir" in message
+    assert not (out / "stage1_retrieval").exists()
+    with pytest.raises(ValueError, match=r"per_device_train_mux_rows: 1 now, 2 in the checkpoint"):
+        run(tiny_args(texts, out, **dict(settings, per_device_train_mux_rows=1, resume_from_checkpoint="latest")))
 
 
 def _free_port() -> int:

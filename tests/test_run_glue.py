@@ -60,6 +60,11 @@ def test_polarity_train_eval_predict(trained):
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved["eval_accuracy"] == metrics["eval_accuracy"]
     assert json.loads((out / "config.json").read_text())["num_instances"] == 2
+    from mux_plms.utils.folders import check_complete
+
+    marker = check_complete(out)  # the fine-tuned model was published whole, with its completion marker
+    assert {"model.safetensors", "config.json", "tokenizer_config.json"} <= set(marker["files"])
+    assert not any(p.name.startswith(".out.staging") for p in out.parent.iterdir())
     test_rows = read_predictions(out / "predict_results_test.txt")
     assert [i for i, _ in test_rows] == list(range(21))
     assert {p for _, p in test_rows} <= {"negative", "positive"}
@@ -156,6 +161,10 @@ def bad_case(tmp_path: Path, case: str) -> list:
         dev[1]["sentence1"] = ""
     write_csv(tmp_path / "train.csv", train)
     write_csv(tmp_path / "dev.csv", dev)
+    if case == "empty_train_file":
+        (tmp_path / "train.csv").write_text("")
+    elif case == "header_only_train_file":
+        (tmp_path / "train.csv").write_text("sentence1,sentence2,label\n")
     return [
         "--train_file",
         tmp_path / "train.csv",
@@ -172,6 +181,8 @@ def bad_case(tmp_path: Path, case: str) -> list:
         ("missing_label", [], r"train split has no label column 'label'.*--label_column_name"),
         ("unseen_label", [], r"validation split has labels \['maybe'\] .* training data does not have"),
         ("empty_text", [], r"validation split has 1 of 4 rows with an empty 'sentence1' text \(first rows: \[1\]\)"),
+        ("empty_train_file", [], r"--train_file .*train\.csv is empty: it has no example to train on.*--do_train"),
+        ("header_only_train_file", [], r"--train_file .*train\.csv holds no rows: it has no example to train on"),
         ("good", ["--num_instances", "5"], r"--num_instances 5 does not match .* num_instances=2"),
         ("good", ["--ensemble", "--per_device_eval_batch_size", "3", "--group_by_length_eval"], r"multiple of N=2"),
         ("good", ["--max_seq_length", "90"], r"max_position_embeddings=80"),
@@ -187,6 +198,36 @@ def test_bad_input_fails_before_training(tiny_mux, tmp_path, case, extra, messag
     assert (
         not (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "train_results.json").exists()
     )
+
+
+def test_integer_labels_with_missing_rows_and_a_float_class_column(tiny_mux, tmp_path):
+    """Integer labels with -1 (unlabelled) at validation are scored on the labelled rows (no KeyError); a class
+    column written as floats (0.0 / 1.0) is refused naming --label_type, and trains as classes with it."""
+    import run_glue as script
+
+    dev = pair_rows(4, labels=(0, 1))
+    dev[1]["label"] = -1
+    write_csv(tmp_path / "train.csv", pair_rows(6, labels=(0, 1)))
+    write_csv(tmp_path / "dev.csv", dev)
+    base = ["--model_name_or_path", tiny_mux, "--text_columns", "sentence1,sentence2", "--do_train", "--do_eval"]
+    base += ["--max_steps", 1, "--per_device_train_batch_size", 2]
+    metrics = run_glue(*base, "--train_file", tmp_path / "train.csv", "--validation_file", tmp_path / "dev.csv",
+                       "--output_dir", tmp_path / "ints")  # fmt: skip
+    assert metrics["eval_num_examples"] == 4 and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "ints" / "config.json").read_text())["label2id"] == {"0": 0, "1": 1}
+
+    write_csv(tmp_path / "train_f.csv", pair_rows(6, labels=(0.0, 1.0)))
+    write_csv(tmp_path / "dev_f.csv", pair_rows(4, labels=(1.0, 0.0)))
+    floats = ["--train_file", tmp_path / "train_f.csv", "--validation_file", tmp_path / "dev_f.csv"]
+    with pytest.raises(
+        ValueError, match=r"floats that are all whole numbers \(0\.0, 1\.0\).*--label_type classification"
+    ):
+        script.main([str(a) for a in [*base, *floats, "--output_dir", tmp_path / "refused"] + FAST])
+    assert not (tmp_path / "refused" / "model.safetensors").exists()
+    metrics = run_glue(*base, *floats, "--label_type", "classification", "--output_dir", tmp_path / "classes")
+    config = json.loads((tmp_path / "classes" / "config.json").read_text())
+    assert config["label2id"] == {"0": 0, "1": 1} and config.get("problem_type") != "regression"
+    assert "eval_accuracy" in metrics and "eval_pearson" not in metrics
 
 
 def free_port() -> int:

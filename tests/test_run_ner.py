@@ -120,6 +120,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
         ),
         ({"tokens": ["hi", "paris"], "tags": ["O"]}, r"word and tag lists differ in length"),
         ({"tokens": [], "tags": []}, r"empty 'tokens' text"),
+        ("empty_train_file", r"--train_file .*train\.json is empty: it has no example to train on"),
+        ("float_tags", r"tag column 'tags' holds float64 values .* tag names .* or integer class ids"),
     ],
 )
 def test_bad_token_data_fails_before_training(tiny_token_model, tmp_path, dev_row, message):
@@ -129,13 +131,31 @@ def test_bad_token_data_fails_before_training(tiny_token_model, tmp_path, dev_ro
         {"tokens": ["hi", "bob"], "tags": ["O", "B-person"]},
         {"tokens": ["bob", "smith"], "tags": ["B-person", "I-person"]},
     ]
+    if dev_row == "float_tags":
+        train = [{"tokens": ["hi", "bob"], "tags": [0.0, 1.0]}, {"tokens": ["bob"], "tags": [1.0]}]
+        dev_row = train[1]
     write_jsonl(tmp_path / "train.json", train)
-    write_jsonl(tmp_path / "dev.json", [train[0], dev_row])
+    write_jsonl(tmp_path / "dev.json", [train[0], dev_row] if dev_row != "empty_train_file" else train)
+    if dev_row == "empty_train_file":
+        (tmp_path / "train.json").write_text("\n")
     argv = ["--model_name_or_path", tiny_token_model, "--train_file", tmp_path / "train.json", "--validation_file"]
     argv += [tmp_path / "dev.json", "--do_train", "--do_eval", "--max_steps", 1, "--output_dir", tmp_path / "out"]
     with pytest.raises(ValueError, match=message):
         script.main([str(a) for a in argv] + FAST)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_integer_tags_are_read_as_tag_names(tiny_token_model, tmp_path):
+    rows = [{"tokens": ["hi", "bob"], "tags": [0, 1]}, {"tokens": ["bob", "smith"], "tags": [1, 2]}]
+    write_jsonl(tmp_path / "train.json", rows)
+    write_jsonl(tmp_path / "dev.json", rows[:1])
+    metrics = run_ner(
+        "--model_name_or_path", tiny_token_model, "--train_file", tmp_path / "train.json", "--validation_file",
+        tmp_path / "dev.json", "--do_train", "--do_eval", "--max_steps", 1, "--ignore_mismatched_sizes",
+        "--output_dir", tmp_path / "out",
+    )  # fmt: skip
+    assert "eval_accuracy" in metrics  # not BIO names: word accuracy
+    assert sorted(json.loads((tmp_path / "out" / "config.json").read_text())["label2id"]) == ["0", "1", "2"]
 
 
 def test_model_n_must_match(tiny_token_model, tmp_path):

@@ -130,8 +130,11 @@ def main(argv=None) -> int:
                            eval_every=args.eval_every, new_module_lr_scale=args.new_lr_scale,
                            single_instance_fraction=args.curriculum, desc=args.name)  # fmt: skip
     if args.save:
-        model.save_pretrained(args.save)
-        tokenizer.save_pretrained(args.save)
+        from mux_plms.utils.folders import atomic_model_folder
+
+        with atomic_model_folder(args.save) as partial:
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
     init_record = []
     record_path = Path(init) / "training_record.json"
     if record_path.is_file():

@@ -11,6 +11,8 @@ on what a real implementation can reach. The speed-up bound of multiplexing N in
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from .sizes import NUM_LABELS, BackboneSize, BenchCase
 
 
@@ -22,8 +24,13 @@ def layer_macs(size: BackboneSize, tokens: int, attended: int) -> int:
 
 
 def prefix_length(case: BenchCase) -> int:
-    """Positions the demultiplexer prepends (the `prefix` demultiplexer adds N, the others none)."""
-    return case.num_instances if case.demuxing_variant == "prefix" else 0
+    """Positions the demultiplexer of `case` prepends (the `prefix` demultiplexer adds N, the others none):
+    the demultiplexer's own formula."""
+    from ..models.demultiplexing import prefix_length as demux_prefix_length
+
+    return demux_prefix_length(
+        SimpleNamespace(num_instances=case.num_instances, demuxing_variant=case.demuxing_variant)
+    )
 
 
 def head_macs(case: BenchCase) -> int:

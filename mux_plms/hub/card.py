@@ -351,9 +351,11 @@ def count_safetensors_parameters(directory: str | os.PathLike) -> int | None:
         files = ["model.safetensors"]
     else:
         return None
+    from ..utils.folders import contained_file
+
     total = 0
     for name in files:
-        with open(directory / name, "rb") as handle:
+        with open(contained_file(directory, name, f"shard listed in {index.name}"), "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(length))
         for key, info in header.items():
@@ -519,6 +521,19 @@ def _label_names(id2label: dict) -> list[str]:
     return [] if all(re.fullmatch(r"LABEL_\d+", name) for name in names) else names
 
 
+def _prefix_length(config: dict) -> int:
+    """Positions the model's demultiplexer prepends to every input: its own formula
+    (`demultiplexing.prefix_length`); 0 for a demultiplexer this installation does not know."""
+    from types import SimpleNamespace
+
+    from ..models.demultiplexing import prefix_length
+
+    try:
+        return prefix_length(SimpleNamespace(**config))
+    except (ValueError, AttributeError, TypeError):
+        return 0
+
+
 def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
     """Render the model card of a MUX model folder (or of a MUX model object).
 
@@ -625,7 +640,8 @@ def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
         "num_hidden_demux_layers": config.get("num_hidden_demux_layers"),
         "size_facts": _size_facts(config),
         "max_positions": config.get("max_position_embeddings"),
-        "max_input_length": (config.get("max_position_embeddings") or 0) - (n if demuxing == "prefix" else 0),
+        "prefix_length": _prefix_length(config),
+        "max_input_length": (config.get("max_position_embeddings") or 0) - _prefix_length(config),
         "num_parameters": _fmt_count(facts.num_parameters),
         "labels": _label_names(id2label),
         "retrieval_loss_coeff": config.get("retrieval_loss_coeff"),

@@ -26,6 +26,7 @@ import torch
 from transformers import BertConfig
 
 from ..models import MuxBertConfig, MuxBertForMaskedLM, MuxBertForSequenceClassification, MuxBertForTokenClassification
+from ..utils.folders import atomic_model_folder, contained_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +43,26 @@ MUXING_VARIANTS = {
     "gaussian_attention_v2": "contextual",
 }
 DEMUXING_VARIANTS = {"index_pos": "rsa", "index": "prefix"}
+# How each original class runs the cross-instance layer of `gaussian_attention_v2` (`muxing_attention_2`):
+# its sequence-classification forward passes the instances' padding mask, its MLM and token-classification
+# forwards call the layer without a mask.
+LEGACY_CROSS_INSTANCE_MASK = {"mlm": "cross_unmasked", "seqcls": "cross_masked", "tokcls": "cross_unmasked"}
 
 # Token ids the original hard-codes (BERT vocabulary): the `index` prefix is filled with 680, instance i's
 # index token is 680 - (i + 2), and a [CLS] (101) ends it; `index_pos` models write [CLS] at position 0.
 LEGACY_PREFIX_FILLER_ID = 680
 LEGACY_CLS_ID = 101
 
+# Sizes every original config.json holds (transformers writes every BertConfig field); the weights are
+# mapped with them, so a config without them is refused instead of falling back on BERT-base defaults.
+REQUIRED_CONFIG_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+)
 # Config keys of the original that carry no information for the converted model.
 IGNORED_CONFIG_KEYS = {
     "architectures",
@@ -141,7 +156,9 @@ def convert_legacy_checkpoint(
         out_dir: the folder to write (safetensors weights, config with ``auto_map``, remote code,
             tokenizer files when the source has them).
         revision: Hub revision of `src` (repo ids only).
-        overwrite: replace a checkpoint already in `out_dir` (otherwise an error).
+        overwrite: replace a checkpoint already in `out_dir` (otherwise an error). The folder is written
+            into a temporary sibling and renamed into place with a completion marker (``mux_plms_complete.json``),
+            so `out_dir` is either the old folder or the complete new one.
 
     Returns:
         A :class:`LegacyConversion` report. Load the result with the Auto classes after ``import mux_plms``
@@ -157,6 +174,10 @@ def convert_legacy_checkpoint(
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists() and not overwrite:
         raise LegacyCheckpointError(f"{out_dir} already holds a checkpoint (config.json); pass overwrite=True")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise LegacyCheckpointError(f"{out_dir} already exists and is not empty; pass overwrite=True to replace it")
+    if out_dir.resolve() == source.resolve():
+        raise LegacyCheckpointError(f"The output folder {out_dir} is the source folder: write the conversion elsewhere")
     legacy_config = _read_config(source)
     architecture, kind, model_class = _architecture(legacy_config)
     config_kwargs, legacy_options, ignored = _convert_config(legacy_config, kind)
@@ -164,11 +185,13 @@ def convert_legacy_checkpoint(
     model = model_class(config)
     state_dict, dropped = map_legacy_state_dict(_load_weights(source), legacy_config, kind, model)
     _load_into(model, state_dict)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, out_dir / name)
+    # Written into a temporary sibling and renamed into place with a completion marker: an interrupted
+    # conversion never leaves a half-written folder under `out_dir`.
+    with atomic_model_folder(out_dir, converted_from=str(src)) as folder:
+        model.save_pretrained(folder)
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, folder / name)
     report = LegacyConversion(
         out_dir=out_dir,
         architecture=architecture,
@@ -206,7 +229,8 @@ def legacy_finetuning_options(config, task: str = "sequence-classification") -> 
     if config.legacy_demux is not None:
         options["legacy_demux"] = "finetuning"
     if config.legacy_contextual is not None:
-        options["legacy_contextual"] = "task"
+        kind = "seqcls" if task == "sequence-classification" else "tokcls"
+        options["legacy_contextual"] = LEGACY_CROSS_INSTANCE_MASK[kind]
     if config.legacy_prefix_truncate:
         options["legacy_prefix_truncate"] = False
     if task == "sequence-classification":
@@ -256,6 +280,14 @@ def _read_config(source: Path) -> dict:
         raise LegacyCheckpointError(
             f"{source}/config.json is not an original MUX-PLMs config: expected model_type 'bert' with "
             f"num_instances, muxing_variant and demuxing_variant; got model_type {model_type!r}"
+        )
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
+    if missing:
+        raise LegacyCheckpointError(
+            f"{source}/config.json has no {', '.join(missing)}: the original code always writes the BERT sizes "
+            "(hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, vocab_size, "
+            "max_position_embeddings), and the weights cannot be mapped without them. Restore them from the "
+            "checkpoint's published config.json."
         )
     return config
 
@@ -334,7 +366,7 @@ def _convert_config(legacy: dict, kind: str) -> tuple[dict, dict, list[str]]:
         if kind == "mlm":
             options["legacy_prefix_truncate"] = True
     if muxing == "gaussian_attention_v2":
-        options["legacy_contextual"] = "mlm" if kind == "mlm" else "task"
+        options["legacy_contextual"] = LEGACY_CROSS_INSTANCE_MASK[kind]
     if kind != "mlm":
         options["legacy_ignore_token_type_ids"] = True
         options["classifier_dropout"] = None  # the original's classifiers use hidden_dropout_prob
@@ -379,8 +411,19 @@ def _load_weights(source: Path) -> dict[str, torch.Tensor]:
         if not path.is_file():
             continue
         if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-            files = [source / shard for shard in shards]
+            try:
+                shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise LegacyCheckpointError(
+                    f"{path} is not a weight index (no readable weight_map): {error}"
+                ) from error
+            try:
+                files = [contained_file(source, shard, f"shard listed in {name}") for shard in shards]
+            except ValueError as error:
+                raise LegacyCheckpointError(str(error)) from error
+            missing = [str(file) for file in files if not file.is_file()]
+            if missing:
+                raise LegacyCheckpointError(f"{path} lists shards that are not in {source}: {', '.join(missing)}")
         else:
             files = [path]
         state_dict: dict[str, torch.Tensor] = {}

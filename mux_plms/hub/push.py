@@ -1,14 +1,23 @@
 """Publish a MUX model folder to the Hugging Face Hub with a generated model card.
 
-The upload is one commit of: the folder's top-level files (safetensors weights, ``config.json``,
-tokenizer files, the remote-code ``.py`` files, ``training_record.json``), a freshly generated
-``README.md``, and, if the folder lacks them, the remote-code files and the complete ``auto_map``
-(so ``trust_remote_code=True`` users need nothing but transformers). Nothing is written locally:
-the card and any patched ``config.json`` are uploaded from memory.
+The upload is one commit of the folder's allow-listed top-level files (:data:`UPLOADED_NAMES` and
+:data:`UPLOADED_PATTERNS`: the safetensors weights and their index, ``config.json``, tokenizer files, the
+remote-code ``.py`` files its ``auto_map`` needs, ``training_record.json``), a freshly generated
+``README.md``, and, if the folder lacks them, the remote-code files and the complete ``auto_map`` (so
+``trust_remote_code=True`` users need nothing but transformers). Nothing else goes up: no pickle, no
+trainer state, no stray file (a ``credentials.json`` beside the weights stays home), no sub-folder, and no
+symbolic link leading out of the folder. Nothing is written locally: the card and any patched
+``config.json`` are uploaded from memory.
+
+Before anything is sent, the folder must be whole: it carries the completion marker the package writes
+last (``mux_plms_complete.json``, see :mod:`mux_plms.utils.folders`) and its files match it, and every
+safetensors file parses to its end. A folder saved by a plain ``save_pretrained`` has no marker: push it
+with ``allow_unmarked=True`` (``mux-plms push --allow-unmarked``) once you know it is complete.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import json
 import logging
@@ -19,18 +28,57 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from ..utils.folders import COMPLETE_MARKER, IncompleteFolderError, check_complete, contained_file
 from .card import render_model_card
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload MUX model with mux-plms"
-# Never uploaded: pickles (unsafe to load; the weights go as safetensors) and trainer state.
-SKIPPED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-SKIPPED_NAMES = ("README.md", "trainer_state.json")
+# What a model repository needs; everything else in the folder stays local.
+UPLOADED_NAMES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "training_record.json",
+        # tokenizers
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        "tokenizer.model",
+        "chat_template.jinja",
+        # image processors (MUX vision models)
+        "preprocessor_config.json",
+    }
+)
+UPLOADED_PATTERNS = ("model-*-of-*.safetensors",)  # weight shards
+WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
+# Kept for the message of files the allow-list leaves out.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 class PushError(RuntimeError):
     """Publishing failed: offline mode, unreachable endpoint, or the Hub refused a request."""
+
+
+class IncompleteModelError(ValueError):
+    """The folder is not whole: no completion marker, files that differ from it, or weights that do not parse."""
+
+
+def _inside(directory: Path, path: Path) -> bool:
+    """True when `path` is not a symbolic link leading out of `directory` (links inside it are fine)."""
+    try:
+        contained_file(directory, path.name)
+    except ValueError:
+        return False
+    return True
 
 
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
@@ -42,10 +90,9 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{directory} is not a model folder: it has no config.json")
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [s for s in shards if not (directory / s).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{directory} is missing weight shards listed in {index.name}: {missing}")
+        for shard in weight_files(directory):
+            if not shard.is_file():
+                raise FileNotFoundError(f"{directory} is missing the weight shard {shard.name} listed in {index.name}")
     elif not (directory / "model.safetensors").is_file():
         pickled = [p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
         hint = (
@@ -56,6 +103,92 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
         )
         raise FileNotFoundError(f"{directory} has no safetensors weights (model.safetensors).{hint}")
     return directory
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of the folder: ``model.safetensors``, or the shards its index lists (each
+    checked to lie inside the folder)."""
+    index = directory / "model.safetensors.index.json"
+    if not index.is_file():
+        return [directory / "model.safetensors"]
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise IncompleteModelError(f"{index} is not a readable weight index: {error}") from error
+    return [contained_file(directory, shard, f"shard listed in {index.name}") for shard in shards]
+
+
+def check_weights_parse(directory: Path) -> None:
+    """Every safetensors file must open and cover its whole length (a file cut short, e.g. by a process
+    killed while saving, does not): raise `IncompleteModelError` naming the file otherwise."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in weight_files(directory):
+        if not _inside(directory, path):
+            raise IncompleteModelError(f"{path} is a symbolic link leading out of {directory}: refused")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError, ValueError) as error:
+            raise IncompleteModelError(
+                f"{path} is not a complete safetensors file ({error}): the weights were not written whole. "
+                "Save the model again."
+            ) from error
+
+
+def check_folder_whole(directory: Path, allow_unmarked: bool = False) -> dict | None:
+    """The checks before a push: the completion marker (unless `allow_unmarked`) and parsable weights.
+    Returns the marker (None when unmarked and allowed)."""
+    marker = None
+    try:
+        marker = check_complete(directory)
+    except IncompleteFolderError as error:
+        if not allow_unmarked or (directory / COMPLETE_MARKER).is_file():
+            # A marker that does not match is never overridden: the folder changed after it was written.
+            hint = (
+                " If you saved it yourself (a plain save_pretrained) and know it is complete, push it with "
+                "--allow-unmarked (push_to_hub(..., allow_unmarked=True))."
+                if not (directory / COMPLETE_MARKER).is_file()
+                else " Save the model again (its files changed after the marker was written)."
+            )
+            raise IncompleteModelError(f"Refusing to push: {error}.{hint}") from error
+    check_weights_parse(directory)
+    if marker is not None:
+        listed = set(marker.get("files", {}))
+        for path in [directory / "config.json", *weight_files(directory)]:
+            name = path.relative_to(directory).as_posix()
+            if name not in listed:
+                raise IncompleteModelError(
+                    f"Refusing to push {directory}: {name} is not covered by its completion marker ({COMPLETE_MARKER}): "
+                    "it was added or replaced after the folder was written. Save the model again."
+                )
+    return marker
+
+
+def _uploadable(name: str) -> bool:
+    return name in UPLOADED_NAMES or any(fnmatch.fnmatch(name, p) for p in UPLOADED_PATTERNS)
+
+
+def _remote_code_modules(directory: Path, config: dict) -> set[str]:
+    """The ``.py`` files of the folder that its ``auto_map`` names, and those they import relatively."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    wanted: set[str] = set()
+    for target in (config.get("auto_map") or {}).values():
+        targets = target if isinstance(target, list | tuple) else [target]
+        for item in targets:
+            if isinstance(item, str) and "--" not in item and "." in item:
+                wanted.add(item.split(".")[0] + ".py")
+    found = set()
+    for name in sorted(wanted):
+        path = directory / name
+        if path.is_file() and _inside(directory, path):
+            found.add(name)
+            try:
+                found |= {Path(p).name for p in get_relative_import_files(str(path))}
+            except (OSError, ValueError):
+                pass
+    return {name for name in found if (directory / name).is_file() and _inside(directory, directory / name)}
 
 
 def _remote_code_sources(model_type: str) -> tuple[dict[str, str], dict[str, Path]]:
@@ -77,25 +210,41 @@ def build_operations(directory: Path, readme: str) -> tuple[list[CommitOperation
     """The commit's additions and the names of the files left out (with the reason)."""
     config_bytes = (directory / "config.json").read_bytes()
     config = json.loads(config_bytes)
+    code = _remote_code_modules(directory, config)
     operations: list[CommitOperationAdd] = []
     skipped: list[str] = []
     present: set[str] = set()
     for path in sorted(directory.iterdir()):
         name = path.name
-        if path.is_dir():
+        if path.is_symlink() and not _inside(directory, path):
+            skipped.append(f"{name} (symbolic link out of the folder, not followed)")
+        elif path.is_dir():
             skipped.append(f"{name}/ (folders are not uploaded)")
         elif name.startswith("."):
             skipped.append(f"{name} (hidden)")
-        elif name.endswith(SKIPPED_SUFFIXES) or name.startswith("rng_state") or name in SKIPPED_NAMES:
-            if name != "README.md":
-                skipped.append(f"{name} (pickle or trainer state)")
-        elif name != "config.json":
-            operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)))
+        elif name in ("config.json", "README.md"):
+            continue  # uploaded from memory below (README: a freshly generated card)
+        elif _uploadable(name) or name in code:
+            if name.endswith(".json"):
+                try:
+                    json.loads(path.read_bytes())
+                except ValueError as error:
+                    raise IncompleteModelError(
+                        f"Refusing to push {directory}: {name} is not valid JSON ({error})"
+                    ) from error
+            # The resolved path: a link inside the folder is read where it points, once checked.
+            operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path.resolve())))
             present.add(name)
+        elif name.endswith(PICKLE_SUFFIXES) or name.startswith("rng_state") or name == "trainer_state.json":
+            skipped.append(f"{name} (pickle or trainer state)")
+        elif name == COMPLETE_MARKER:
+            skipped.append(f"{name} (local completion marker)")
+        else:
+            skipped.append(f"{name} (not a model repository file)")
 
     model_type = config.get("model_type")
     auto_map = config.get("auto_map") or {}
-    needed = {target.split(".")[0] + ".py" for target in auto_map.values()}
+    needed = {target.split(".")[0] + ".py" for target in auto_map.values() if isinstance(target, str)}
     if model_type is not None and (not auto_map or not needed <= present):
         try:
             full_map, sources = _remote_code_sources(model_type)
@@ -141,6 +290,7 @@ def push_to_hub(
     commit_description: str | None = None,
     revision: str | None = None,
     endpoint: str | None = None,
+    allow_unmarked: bool = False,
     **card_overrides,
 ) -> CommitInfo:
     """Publish a MUX model folder to the Hub as one commit, with a generated model card.
@@ -154,6 +304,8 @@ def push_to_hub(
         commit_message, commit_description: of the upload commit.
         revision: branch to commit to (default ``main``).
         endpoint: Hub URL (default: ``HF_ENDPOINT`` or https://huggingface.co).
+        allow_unmarked: push a folder without the completion marker (one saved by a plain
+            ``save_pretrained``); its weights must still parse. A marker that does not match is never overridden.
         **card_overrides: passed to :func:`render_model_card` (``license``, ``base_model``,
             ``datasets``, ``tags``, ``language``, ``model_name``, ``eval_results``, ...).
 
@@ -162,10 +314,18 @@ def push_to_hub(
 
     Raises:
         FileNotFoundError: missing folder, ``config.json`` or safetensors weights.
+        IncompleteModelError: (a `ValueError`) no completion marker, files that differ from it, weights that
+            do not parse, a shard or weight file leading out of the folder.
         ValueError: invalid `repo_id` or card override.
         PushError: offline mode, unreachable endpoint, or an error answered by the Hub.
     """
     directory = check_model_dir(model_dir)
+    try:
+        check_folder_whole(directory, allow_unmarked=allow_unmarked)
+    except ValueError as error:  # a shard outside the folder (contained_file) too
+        if isinstance(error, IncompleteModelError):
+            raise
+        raise IncompleteModelError(f"Refusing to push {directory}: {error}") from error
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
@@ -210,4 +370,12 @@ def push_to_hub(
     return info
 
 
-__all__ = ["PushError", "build_operations", "check_model_dir", "push_to_hub"]
+__all__ = [
+    "PushError",
+    "IncompleteModelError",
+    "UPLOADED_NAMES",
+    "build_operations",
+    "check_folder_whole",
+    "check_model_dir",
+    "push_to_hub",
+]

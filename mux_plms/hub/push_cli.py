@@ -17,6 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--commit-message", help="message of the upload commit")
     parser.add_argument("--revision", help="branch to push to (default: main)")
     parser.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
+    parser.add_argument(
+        "--allow-unmarked",
+        action="store_true",
+        help="push a folder without the mux-plms completion marker (saved by a plain save_pretrained); "
+        "its safetensors weights are still checked",
+    )
     add_card_arguments(parser)
 
 
@@ -34,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
             commit_message=args.commit_message or DEFAULT_COMMIT_MESSAGE,
             revision=args.revision,
             endpoint=args.endpoint,
+            allow_unmarked=args.allow_unmarked,
             **card_overrides_from_args(args),
         )
     except (FileNotFoundError, ValueError, PushError) as exc:

@@ -7,6 +7,7 @@ from transformers import AlbertConfig
 
 from .configuration_mux_bert import (
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
+    CheckpointOverrideGuard,
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
 )
@@ -14,7 +15,7 @@ from .configuration_mux_electra import validate_electra_multiplexing_fields
 
 
 @strict
-class MuxAlbertConfig(AlbertConfig, MultiplexingConfigMixin):
+class MuxAlbertConfig(CheckpointOverrideGuard, AlbertConfig, MultiplexingConfigMixin):
     r"""Configuration of a multiplexed ALBERT (the follow-up's second backbone).
 
     All `AlbertConfig` fields plus those of :class:`MultiplexingConfigMixin`. Like ELECTRA-small, ALBERT

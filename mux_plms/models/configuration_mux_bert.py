@@ -6,6 +6,7 @@ The multiplexing fields live in :class:`MultiplexingConfigMixin` so that every b
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
@@ -70,8 +71,10 @@ class MultiplexingConfigMixin:
               always takes the pre-training path.
             - ``legacy_contextual``: the original `gaussian_attention_v2` multiplexer's masks (needs
               ``muxing_variant="contextual"``): additive masks in which a fully padded row attends
-              uniformly; the cross-instance layer is unmasked in ``"mlm"`` (the original MLM model)
-              and masked in ``"task"`` (its classification models).
+              uniformly; the cross-instance layer runs without a mask in ``"cross_unmasked"`` (the
+              original MLM and token-classification models) and with one in ``"cross_masked"`` (its
+              sequence-classification model). ``"mlm"`` and ``"task"``, written by earlier versions,
+              are read as ``"cross_unmasked"`` and ``"cross_masked"``.
             - ``legacy_prefix_cls_token_id``: the `prefix` demultiplexer appends this token ([CLS] 101
               in the original) after the N index slots, and sequence classification reads the
               state at that slot.
@@ -179,7 +182,9 @@ def validate_multiplexing_fields(config) -> None:
 
 
 LEGACY_DEMUX_PATHS = ("pretraining", "finetuning")
-LEGACY_CONTEXTUAL_MODES = ("mlm", "task")
+LEGACY_CONTEXTUAL_MODES = ("cross_unmasked", "cross_masked")
+# Values written by earlier versions of the converter, read with their original meaning.
+LEGACY_CONTEXTUAL_ALIASES = {"mlm": "cross_unmasked", "task": "cross_masked"}
 
 
 def validate_legacy_fields(config) -> None:
@@ -195,7 +200,7 @@ def validate_legacy_fields(config) -> None:
                 f"and num_hidden_demux_layers >= 2, got {config.demuxing_variant!r} and {config.num_hidden_demux_layers}"
             )
     if config.legacy_contextual is not None:
-        if config.legacy_contextual not in LEGACY_CONTEXTUAL_MODES:
+        if config.legacy_contextual not in (*LEGACY_CONTEXTUAL_MODES, *LEGACY_CONTEXTUAL_ALIASES):
             raise ValueError(
                 f"legacy_contextual must be None or one of {', '.join(LEGACY_CONTEXTUAL_MODES)}; "
                 f"got {config.legacy_contextual!r}"
@@ -219,8 +224,51 @@ def validate_legacy_fields(config) -> None:
             )
 
 
+# Multiplexing fields a checkpoint fixes: its instance keys, demultiplexer and weights exist for these values.
+CHECKPOINT_FIXED_FIELDS = (
+    "num_instances",
+    "muxing_variant",
+    "demuxing_variant",
+    "num_hidden_demux_layers",
+    "muxing_seed",
+)
+
+
+def check_checkpoint_overrides(config_dict: dict, overrides: dict) -> None:
+    """Refuse `overrides` of :data:`CHECKPOINT_FIXED_FIELDS` that contradict a multiplexed checkpoint's
+    `config_dict` (every contradicting field is named). A vanilla checkpoint (no ``num_instances``) is free:
+    that is a warm start, whose multiplexing modules are new."""
+    if config_dict.get("num_instances") is None:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(MultiplexingConfigMixin)}
+    conflicts = {
+        name: (config_dict.get(name, defaults[name]), overrides[name])
+        for name in CHECKPOINT_FIXED_FIELDS
+        if name in overrides and overrides[name] != config_dict.get(name, defaults[name])
+    }
+    if conflicts:
+        saved = ", ".join(f"{name}={old!r}" for name, (old, _) in conflicts.items())
+        asked = ", ".join(f"{name}={new!r}" for name, (_, new) in conflicts.items())
+        raise ValueError(
+            f"The checkpoint was trained with {saved}, but {asked} was requested. A multiplexed checkpoint only "
+            "works with the multiplexing it was trained with (its instance keys, demultiplexer and weights are "
+            "built for it; ignore_mismatched_sizes would silently re-draw them): drop the override, or load a "
+            "checkpoint trained with these settings (or a vanilla one, to warm-start a new MUX model)."
+        )
+
+
+class CheckpointOverrideGuard:
+    """First base of every MUX config class: ``from_dict`` (behind ``from_pretrained`` of the config, the
+    model and every Auto class) refuses multiplexing overrides that contradict the checkpoint."""
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        check_checkpoint_overrides(config_dict, kwargs)
+        return super().from_dict(config_dict, **kwargs)
+
+
 @strict
-class MuxBertConfig(BertConfig, MultiplexingConfigMixin):
+class MuxBertConfig(CheckpointOverrideGuard, BertConfig, MultiplexingConfigMixin):
     r"""Configuration of a multiplexed BERT (MUX-BERT).
 
     All `BertConfig` fields plus those of :class:`MultiplexingConfigMixin`. The default pairing is the
@@ -243,4 +291,10 @@ class MuxBertConfig(BertConfig, MultiplexingConfigMixin):
         validate_multiplexing_fields(self)
 
 
-__all__ = ["MuxBertConfig", "MultiplexingConfigMixin", "MUXING_VARIANTS", "DEMUXING_VARIANTS"]
+__all__ = [
+    "MuxBertConfig",
+    "MultiplexingConfigMixin",
+    "CheckpointOverrideGuard",
+    "MUXING_VARIANTS",
+    "DEMUXING_VARIANTS",
+]

@@ -9,13 +9,14 @@ from transformers import ElectraConfig
 
 from .configuration_mux_bert import (
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
+    CheckpointOverrideGuard,
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
 )
 
 
 @strict
-class MuxElectraConfig(ElectraConfig, MultiplexingConfigMixin):
+class MuxElectraConfig(CheckpointOverrideGuard, ElectraConfig, MultiplexingConfigMixin):
     r"""Configuration of a multiplexed ELECTRA (MUX-ELECTRA): discriminator, generator or fine-tuned model.
 
     All `ElectraConfig` fields plus those of :class:`MultiplexingConfigMixin` (same defaults and validation

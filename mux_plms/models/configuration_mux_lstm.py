@@ -7,13 +7,14 @@ from transformers import PreTrainedConfig
 
 from .configuration_mux_bert import (
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
+    CheckpointOverrideGuard,
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
 )
 
 
 @strict
-class MuxLstmConfig(PreTrainedConfig, MultiplexingConfigMixin):
+class MuxLstmConfig(CheckpointOverrideGuard, PreTrainedConfig, MultiplexingConfigMixin):
     r"""Configuration of a multiplexed LSTM (the backbone of "Beyond DataMUX": ALBERT and LSTM backbones).
 
     Token (+ token-type) embeddings of width ``hidden_size``, then ``num_hidden_layers`` bidirectional LSTM

@@ -7,13 +7,14 @@ from transformers import RobertaConfig
 
 from .configuration_mux_bert import (
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
+    CheckpointOverrideGuard,
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
 )
 
 
 @strict
-class MuxRobertaConfig(RobertaConfig, MultiplexingConfigMixin):
+class MuxRobertaConfig(CheckpointOverrideGuard, RobertaConfig, MultiplexingConfigMixin):
     r"""Configuration of a multiplexed RoBERTa (the backbone of DataMUX's T-MUX and of its follow-up).
 
     All `RobertaConfig` fields plus those of :class:`MultiplexingConfigMixin` (same defaults and validation

@@ -7,6 +7,7 @@ from transformers import PreTrainedConfig
 
 from .configuration_mux_bert import (
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
+    CheckpointOverrideGuard,
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
 )
@@ -16,7 +17,7 @@ VISION_DEMUXING_VARIANTS = ("rsa", "mlp")
 
 
 @strict
-class MuxVisionConfig(PreTrainedConfig, MultiplexingConfigMixin):
+class MuxVisionConfig(CheckpointOverrideGuard, PreTrainedConfig, MultiplexingConfigMixin):
     r"""Configuration of a multiplexed image classifier: :class:`MuxMlpForImageClassification` or
     :class:`MuxCnnForImageClassification` (DataMUX, section "MLPs and CNNs").
 

@@ -30,18 +30,30 @@ def register_demultiplexer(name: str):
     return wrap
 
 
-def build_demultiplexer(config) -> Demultiplexer:
-    """Instantiate the demultiplexer named by ``config.demuxing_variant``."""
+def demultiplexer_class(config) -> type[Demultiplexer]:
+    """The demultiplexer class ``config.demuxing_variant`` names (its legacy variant for converted checkpoints)."""
     name = config.demuxing_variant
     if getattr(config, "legacy_demux", None) is not None:
         name = f"legacy_{name}"  # a converted original checkpoint (LegacyRSADemultiplexer)
     try:
-        cls = DEMULTIPLEXERS[name]
+        return DEMULTIPLEXERS[name]
     except KeyError:
         raise ValueError(
             f"demuxing_variant must be one of {', '.join(DEMULTIPLEXERS)}; got {config.demuxing_variant!r}"
         ) from None
-    return cls(config)
+
+
+def build_demultiplexer(config) -> Demultiplexer:
+    """Instantiate the demultiplexer named by ``config.demuxing_variant``."""
+    return demultiplexer_class(config)(config)
+
+
+def prefix_length(config) -> int:
+    """Positions the demultiplexer of `config` prepends to every input, without building it: the one
+    formula (:meth:`Demultiplexer.prefix_length_for`) behind the model's own length checks, pre-training,
+    the fine-tuning scripts, the cost model and the model card. `config` is a config object or anything
+    with its attributes (``num_instances``, ``demuxing_variant``, the ``legacy_*`` options)."""
+    return demultiplexer_class(config).prefix_length_for(config)
 
 
 class Demultiplexer(nn.Module):
@@ -51,6 +63,11 @@ class Demultiplexer(nn.Module):
         super().__init__()
         self.num_instances = config.num_instances
         self.hidden_size = config.hidden_size
+
+    @classmethod
+    def prefix_length_for(cls, config) -> int:
+        """Number of positions this demultiplexer prepends to every instance under `config`."""
+        return 0
 
     def prefix_length(self) -> int:
         """Number of positions this demultiplexer prepends to every instance."""
@@ -148,6 +165,11 @@ class PrefixDemultiplexer(KeyConditionedDemultiplexer):
         self.config = config
         self.register_buffer("prefix_token_ids", self.make_prefix_ids(), persistent=False)
 
+    @classmethod
+    def prefix_length_for(cls, config) -> int:
+        """N slots, one per instance, plus the [CLS] slot of ``legacy_prefix_cls_token_id`` (converted checkpoints)."""
+        return config.num_instances + (getattr(config, "legacy_prefix_cls_token_id", None) is not None)
+
     def make_prefix_ids(self) -> torch.Tensor:
         """``(N, P)``: row i is instance i's prefix (fillers, its index token in slot i)."""
         n = self.num_instances
@@ -159,7 +181,7 @@ class PrefixDemultiplexer(KeyConditionedDemultiplexer):
         return ids
 
     def prefix_length(self):
-        return self.prefix_token_ids.shape[1]
+        return self.prefix_length_for(self.config)
 
     def prefix_ids(self, device):
         return self.prefix_token_ids.to(device)
@@ -245,4 +267,11 @@ class LegacyRSADemultiplexer(Demultiplexer):
         return self._pretraining(torch.cat([keys, body], dim=-1))
 
 
-__all__ = ["DEMULTIPLEXERS", "Demultiplexer", "register_demultiplexer", "build_demultiplexer"]
+__all__ = [
+    "DEMULTIPLEXERS",
+    "Demultiplexer",
+    "register_demultiplexer",
+    "build_demultiplexer",
+    "demultiplexer_class",
+    "prefix_length",
+]

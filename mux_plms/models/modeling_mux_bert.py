@@ -305,7 +305,7 @@ class MuxBertForMaskedLM(MuxBertTaskModel):
             states = self.bert.demultiplex(mixed, batch)
             if labels is not None:
                 self.check_token_labels(labels, states.shape[:2])
-                labels = batch.ignore_truncated(labels)  # legacy_prefix_truncate only
+                labels = batch.ignore_truncated(self.class_ids(labels, "MLM labels"))  # truncation: legacy only
             if logits_at_labels_only and labels is not None:
                 selected = labels != -100
                 logits = self.lm_head(states[selected])
@@ -388,6 +388,7 @@ class MuxBertForTokenClassification(MuxBertTaskModel):
         task_loss = None
         if labels is not None:
             self.check_token_labels(labels, logits.shape[:2])
+            labels = self.class_ids(labels, "Token classification labels")
             task_loss = CrossEntropyLoss()(logits.reshape(-1, self.num_labels), labels.reshape(-1))
         return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)
 

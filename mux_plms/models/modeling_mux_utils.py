@@ -130,6 +130,13 @@ class MultiplexedEncoderMixin:
                 f"input_ids must be (batch, seq_len) and inputs_embeds (batch, seq_len, dim); got {tuple(reference.shape)}"
             )
         batch_size, seq_length = reference.shape[:2]
+        if batch_size == 0 or seq_length == 0:
+            name = "input_ids" if input_ids is not None else "inputs_embeds"
+            raise ValueError(
+                f"{name} has shape {tuple(reference.shape)}: a batch needs at least one row and one position "
+                "(an empty batch or empty sequences, e.g. from an empty split or a zero --max_seq_length). "
+                "Skip empty batches, and tokenize with at least the special tokens."
+            )
         device = reference.device
         if attention_mask is None:
             attention_mask = torch.ones(batch_size, seq_length, dtype=torch.long, device=device)
@@ -321,10 +328,11 @@ class MuxTaskMixin:
     def sequence_classification_loss(self, logits, labels):
         config = self.config
         batch_size = logits.shape[0]
+        integer = not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool
         if config.problem_type is None:
             if config.num_labels == 1:
                 config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
+            elif integer:  # any integer dtype (int8 ... int64, uint8) holds class ids
                 config.problem_type = "single_label_classification"
             else:
                 config.problem_type = "multi_label_classification"
@@ -344,7 +352,7 @@ class MuxTaskMixin:
                     f"Single-label classification labels must have shape ({batch_size},): one class id per "
                     f"input; got {tuple(labels.shape)}"
                 )
-            return CrossEntropyLoss()(logits, labels)
+            return CrossEntropyLoss()(logits, self.class_ids(labels, "Single-label classification labels"))
         if labels.shape != (batch_size, config.num_labels):
             raise ValueError(
                 f"Multi-label classification labels must have shape ({batch_size}, {config.num_labels}); "
@@ -356,6 +364,18 @@ class MuxTaskMixin:
     def check_token_labels(labels, shape):
         if tuple(labels.shape) != tuple(shape):
             raise ValueError(f"labels must have shape (batch, seq_len) = {tuple(shape)}, got {tuple(labels.shape)}")
+
+    @staticmethod
+    def class_ids(labels: torch.Tensor, what: str = "labels") -> torch.Tensor:
+        """`labels` as the int64 class ids a cross-entropy loss takes: any integer dtype is accepted (int8 /
+        int32 / uint8 data sets are converted); floats and booleans are refused with the fix named."""
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(
+                f"{what} must be integer class ids (-100 where no prediction is asked), got dtype {labels.dtype}. "
+                "Convert them to class ids (labels.long()) when they hold whole numbers; for scores use a "
+                "regression head (num_labels=1, problem_type='regression')."
+            )
+        return labels if labels.dtype == torch.long else labels.long()
 
 
 @torch.no_grad()
@@ -493,7 +513,7 @@ class MuxMaskedLMMixin(MuxTaskModelMixin):
             states = self.mux_base.demultiplex(mixed, batch)
             if labels is not None:
                 self.check_token_labels(labels, states.shape[:2])
-                labels = batch.ignore_truncated(labels)  # legacy_prefix_truncate only
+                labels = batch.ignore_truncated(self.class_ids(labels, "MLM labels"))  # truncation: legacy only
             if logits_at_labels_only and labels is not None:
                 selected = labels != -100
                 logits = self.lm_head(states[selected])
@@ -565,5 +585,6 @@ class MuxTokenClassificationMixin(MuxTaskModelMixin):
         task_loss = None
         if labels is not None:
             self.check_token_labels(labels, logits.shape[:2])
+            labels = self.class_ids(labels, "Token classification labels")
             task_loss = CrossEntropyLoss()(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)

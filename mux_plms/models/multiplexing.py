@@ -245,12 +245,14 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class LegacyContextualMultiplexer(ContextualMultiplexer):
     """The original `gaussian_attention_v2` multiplexer, built instead of `contextual` when
     ``config.legacy_contextual`` is set (converted checkpoints). Same weights and computation; only the
-    masks differ: additive masks throughout, and the original MLM model (``legacy_contextual="mlm"``)
-    runs the cross-instance layer without any mask, padding included."""
+    masks differ: additive masks throughout, and with ``legacy_contextual="cross_unmasked"`` the
+    cross-instance layer runs without any mask, padding included: the original MLM and token-classification
+    models call it without one, its sequence-classification model (``"cross_masked"``) with the instances'
+    padding mask. (``"mlm"`` / ``"task"``: the same two modes under the names of earlier versions.)"""
 
     def __init__(self, config, hidden_size: int):
         super().__init__(config, hidden_size)
-        self.mask_across_instances = config.legacy_contextual == "task"
+        self.mask_across_instances = config.legacy_contextual in ("cross_masked", "task")
 
     def instance_mask(self, flat, mask):
         return additive_mask(mask, flat.dtype)

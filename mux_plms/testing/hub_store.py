@@ -71,18 +71,31 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def check_repo_id(repo_id: str) -> tuple[str, str]:
     """Split ``namespace/name``; raise `StoreError` (400) on anything else."""
     parts = repo_id.split("/")
-    if len(parts) != 2 or not all(_NAME.match(p) for p in parts) or ".." in repo_id:
+    if len(parts) != 2 or not all(_NAME.fullmatch(p) for p in parts) or ".." in repo_id:
         raise StoreError(
             400, f"Invalid repo id {repo_id!r}: expected 'namespace/name' (letters, digits, '.', '_', '-')"
         )
     return parts[0], parts[1]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_PATH_LENGTH = 1000
+
+
 def check_path(path: str) -> str:
-    """A file path inside a repository: relative, no ``..``, no empty segments."""
+    """A file path inside a repository: a relative path without ``..``, empty segments, backslashes or
+    control characters (CR / LF would end up in response headers)."""
+    if not isinstance(path, str):
+        raise StoreError(400, f"Invalid file path {path!r}: expected a string")
     parts = path.split("/")
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise StoreError(400, f"Invalid file path {path!r}: expected a relative path without '..'")
+    if _CONTROL.search(path) or "\\" in path or len(path) > MAX_PATH_LENGTH:
+        raise StoreError(
+            400,
+            f"Invalid file path {path!r}: control characters and backslashes are not allowed (at most "
+            f"{MAX_PATH_LENGTH} characters)",
+        )
     return path
 
 
@@ -137,7 +150,7 @@ class RepoStore:
         meta = self.repo_meta(repo_type, repo_id)
         if revision in (None, "main", "refs/heads/main"):
             return meta["head"]
-        if _COMMIT_OID.match(revision) and (self._commits_dir(repo_type, repo_id) / f"{revision}.json").is_file():
+        if _COMMIT_OID.fullmatch(revision) and (self._commits_dir(repo_type, repo_id) / f"{revision}.json").is_file():
             return revision
         raise StoreError(
             404,
@@ -186,6 +199,8 @@ class RepoStore:
         parent_commit: str | None = None,
     ) -> str:
         """Apply the operations on top of ``main`` and return the new commit oid."""
+        for path in [*additions, *deletions, *(folder.rstrip("/") for folder in deleted_folders)]:
+            check_path(path)  # every path first: a refused commit writes nothing, not even blobs
         with self._lock:
             directory = self.repo_dir(repo_type, repo_id)
             meta = self.repo_meta(repo_type, repo_id)
@@ -194,17 +209,24 @@ class RepoStore:
                 raise StoreError(412, f"parentCommit {parent_commit} is not the head of main ({head})")
             files = dict(self.commit_info(repo_type, repo_id, head)["files"])
             for path in deletions:
-                if files.pop(check_path(path), None) is None:
+                if files.pop(path, None) is None:
                     raise StoreError(404, f"Cannot delete {path}: no such file", "EntryNotFound")
             for folder in deleted_folders:
-                prefix = check_path(folder.rstrip("/")) + "/"
+                prefix = folder.rstrip("/") + "/"
                 files = {p: e for p, e in files.items() if not p.startswith(prefix)}
+            entries = {}
             for path, data in additions.items():
-                sha = hashlib.sha256(data).hexdigest()
-                blob = directory / "blobs" / sha
+                entries[path] = {
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                    "git_oid": git_blob_oid(data),
+                }
+            # All checks passed: only now are blobs written, then the commit, then the new head.
+            for path, data in additions.items():
+                blob = directory / "blobs" / entries[path]["sha256"]
                 if not blob.is_file():
                     _atomic_write(blob, data)
-                files[check_path(path)] = {"sha256": sha, "size": len(data), "git_oid": git_blob_oid(data)}
+            files.update(entries)
             oid = self._write_commit(directory, parent=head, message=message, description=description, files=files)
             meta["head"] = oid
             _atomic_write(directory / "repo.json", json.dumps(meta, indent=1).encode())

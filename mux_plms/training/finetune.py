@@ -33,6 +33,8 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -147,11 +149,34 @@ def parse_arguments(data_arguments_class: type, argv: Sequence[str] | None = Non
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def save_model_whole(trainer, output_dir: str | None = None) -> None:
+    """``trainer.save_model`` into a staging sibling of the output folder, then the files moved into it and
+    the completion marker written last (`mux_plms.utils.folders.publish_staged_files`): a process killed
+    while saving leaves a folder without the marker, which ``mux-plms push`` refuses, never half a
+    ``model.safetensors`` under a valid marker. Every rank calls it (``save_model`` may gather weights)."""
+    import shutil
+
+    from ..utils.folders import publish_staged_files, staging_folder
+
+    target = Path(output_dir or trainer.args.output_dir)
+    staging = staging_folder(target)
+    main = trainer.is_world_process_zero()
+    if main and staging.exists():
+        shutil.rmtree(staging)  # left by a run killed while saving
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        publish_staged_files(staging, target)
+    trainer.accelerator.wait_for_everyone()
+
+
 def train_and_save(trainer, train_samples: int) -> dict[str, Any]:
-    """`trainer.train()` (resuming from ``--resume_from_checkpoint``), then save the model, the train
-    metrics (``train_results.json``) and the trainer state; returns the metrics."""
+    """`trainer.train()` (resuming from ``--resume_from_checkpoint``), then save the model whole
+    (:func:`save_model_whole`), the train metrics (``train_results.json``) and the trainer state; returns
+    the metrics."""
     result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
-    trainer.save_model()
+    save_model_whole(trainer)
     metrics = {**result.metrics, "train_samples": train_samples}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
@@ -174,11 +199,9 @@ class CheckpointInfo:
     num_instances: int  # N of the fine-tuned model (1 for a plain model)
     demuxing_variant: str | None
     max_position_embeddings: int
-
-    @property
-    def prefix_length(self) -> int:
-        """Positions the `prefix` demultiplexer prepends to every input (N + 1), else 0."""
-        return self.num_instances + 1 if self.demuxing_variant == "prefix" else 0
+    # Positions the demultiplexer prepends to every input (the `prefix` demultiplexer's N slots, N + 1 for a
+    # converted original checkpoint), from the demultiplexer's own formula (`demultiplexing.prefix_length`).
+    prefix_length: int = 0
 
 
 # vanilla model_type -> class-name prefix of the MUX family that can be warm-started from it.
@@ -212,6 +235,7 @@ def inspect_checkpoint(model_args: MuxModelArguments) -> CheckpointInfo:
     from transformers import AutoConfig
 
     import mux_plms  # noqa: F401  (registers the MUX configs with AutoConfig)
+    from mux_plms.models.demultiplexing import prefix_length as demux_prefix_length
 
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     path = model_args.model_name_or_path
@@ -233,8 +257,9 @@ def inspect_checkpoint(model_args: MuxModelArguments) -> CheckpointInfo:
                     f"{checkpoint_value!r}); these options only apply when warm-starting from a vanilla BERT."
                 )
         return CheckpointInfo(
-            config.model_type, True, False, n, config.demuxing_variant, config.max_position_embeddings
-        )
+            config.model_type, True, False, n, config.demuxing_variant, config.max_position_embeddings,
+            prefix_length=demux_prefix_length(config),
+        )  # fmt: skip
     if getattr(config, "num_instances", None) is not None:
         raise ValueError(
             f"{path} is an original MUX-PLMs checkpoint (model_type {config.model_type!r} with num_instances="
@@ -262,9 +287,11 @@ def inspect_checkpoint(model_args: MuxModelArguments) -> CheckpointInfo:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
     config_class = classes[config.model_type]["sequence"].config_class
     demux = model_args.demuxing_variant or config_class.demuxing_variant  # the dataclass default
+    warm = SimpleNamespace(num_instances=model_args.num_instances, demuxing_variant=demux)  # no legacy option
     return CheckpointInfo(
-        config.model_type, True, True, model_args.num_instances, demux, config.max_position_embeddings
-    )
+        config.model_type, True, True, model_args.num_instances, demux, config.max_position_embeddings,
+        prefix_length=demux_prefix_length(warm),
+    )  # fmt: skip
 
 
 def check_eval_arguments(eval_args: MuxEvalArguments, info: CheckpointInfo, eval_batch_size: int) -> None:
