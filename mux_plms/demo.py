@@ -80,6 +80,10 @@ class Recipe:
     # alpha * CE + (1 - alpha) * T^2 * KL. None: plain fine-tuning.
     distill_alpha: float | None = None
     distill_temperature: float = 2.0
+    # Without pre-training stages, what the N > 1 models start from: "encoder" (the encoder warm-started into a
+    # MUX model) or "baseline" (the task's fine-tuned N=1 model, warm-started into a MUX model: its backbone
+    # already reads the task; the multiplexer, demultiplexer and head are new).
+    mux_init: str = "encoder"
 
 
 RECIPES = {
@@ -92,7 +96,7 @@ RECIPES = {
         pretrain_steps=120,
         pretrain_lr=5e-4,
         finetune_rows=8,
-        finetune_steps=200,
+        finetune_steps=500,
         finetune_lr=1e-4,
         max_seq_length=40,
         polarity_train=3200,
@@ -101,6 +105,11 @@ RECIPES = {
         bench_rows=16,
         bench_repeats=5,
         bench_warmup=2,
+        # Chosen by measurement (benchmarks/results/quality/): at this budget multiplexed pre-training (retrieval +
+        # MLM, or distillation) buys less than the same minutes of fine-tuning, logit KD from the N=1 model buys
+        # nothing, and warm-starting every N from the task's fine-tuned N=1 model starts it 10 points higher.
+        pretrain_stages="",
+        mux_init="baseline",
     ),  # fmt: skip
     "quick": Recipe(
         backbone="tiny",
@@ -120,6 +129,8 @@ RECIPES = {
         bench_rows=4,
         bench_repeats=5,
         bench_warmup=1,
+        pretrain_stages="",  # the default's path, tiny
+        mux_init="baseline",
     ),  # fmt: skip
 }
 
@@ -157,6 +168,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=42, help="seed of every stage")
     parser.add_argument(
+        "--pretrain-stages",
+        default=None,
+        help="multiplexed pre-training of each N > 1 before fine-tuning, comma-separated `mux-plms pretrain` stages "
+        "(e.g. retrieval,mlm or distill), or 'none' (default: the recipe's: none, see docs/demo.md)",
+    )
+    parser.add_argument(
         "--pretrain-steps", type=int, default=None, help="steps of each pre-training stage (default: the recipe's)"
     )
     parser.add_argument(
@@ -179,6 +196,17 @@ def run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     recipe = RECIPES["quick" if args.quick else "default"]
+    if args.pretrain_stages is not None:
+        from .training.arguments import STAGES
+
+        stages = [] if args.pretrain_stages.strip() == "none" else [x.strip() for x in args.pretrain_stages.split(",")]
+        bad = [x for x in stages if x not in STAGES or x == "electra"]
+        if bad or (not stages and args.pretrain_stages.strip() != "none"):
+            raise ValueError(
+                f"--pretrain-stages must be 'none' or a comma-separated list of retrieval, distill, mlm; got "
+                f"{args.pretrain_stages!r}"
+            )
+        recipe = replace(recipe, pretrain_stages=",".join(stages))
     for name in ("pretrain_steps", "finetune_steps"):
         value = getattr(args, name)
         if value is not None:
@@ -301,13 +329,18 @@ class Demo:
         self.prepare_ptb()
         init = self.baseline_init()
         if stop_after_stage1:
+            if not self.pretrain_stages:
+                raise ValueError("--stop-after-stage1 needs pre-training stages (--pretrain-stages)")
             self.pretrain(self.ns[0], stop_after_stage1=True)
             self.log("demo", "stopped after stage 1 (test hook)")
             return {}
         # The N=1 baselines need no pre-training: they run beside stages 1-2 of every N (and are the logit-KD
         # teachers of the N > 1 models, so they are trained first, once).
-        self.in_parallel([("pretrain", (n,)) for n in self.ns] + [("finetune", (task, 1, init)) for task in self.tasks])
-        self.in_parallel([("finetune", (task, n, self.pretrained_dir(n))) for task in self.tasks for n in self.ns])
+        pretraining = [("pretrain", (n,)) for n in self.ns] if self.pretrain_stages else []
+        self.in_parallel(pretraining + [("finetune", (task, 1, init)) for task in self.tasks])
+        # Largest N first: the longest fine-tunings start first, so the worker processes finish together.
+        self.in_parallel([("finetune", (task, n, self.mux_source(n, task)))
+                          for n in sorted(self.ns, reverse=True) for task in self.tasks])  # fmt: skip
         for task in self.tasks:  # alone, in this process: timings must not share the cores with training
             self.measure_throughput(task)
         results = self.report(time.time() - started)
@@ -383,13 +416,14 @@ class Demo:
     def mux_init(self, n: int) -> Path:
         """The MiniLM encoder warm-started into a MUX-BERT at N, with Hadamard keys of norm sqrt(hidden) so the
         mixture keeps the scale the pre-trained backbone expects (PretrainingArguments has no flag for it)."""
-        folder = self.root / f"init_minilm_N{n}"
+        folder = self.root / f"init_{self.recipe.backbone}_N{n}"
         if not (folder / DONE).is_file():
             from .models import MuxBertForMaskedLM
 
-            hidden = json.loads((minilm_dir() / "config.json").read_text())["hidden_size"]
+            source = self.baseline_init()
+            hidden = json.loads((source / "config.json").read_text())["hidden_size"]
             model = MuxBertForMaskedLM.from_pretrained(
-                str(minilm_dir()),
+                str(source),
                 num_instances=n,
                 muxing_variant=MUXING,
                 demuxing_variant=DEMUXING,
@@ -405,6 +439,18 @@ class Demo:
     @property
     def pretrain_stages(self) -> list[str]:
         return [s.strip() for s in self.recipe.pretrain_stages.split(",") if s.strip()]
+
+    def mux_source(self, n: int, task: str | None = None) -> Path:
+        """What the N > 1 models are fine-tuned from: the last pre-training stage, or (no pre-training stages)
+        the MUX warm start of the encoder (``mux_init="encoder"``) or the task's fine-tuned N=1 model
+        (``"baseline"``, warm-started at N when fine-tuning starts)."""
+        if self.pretrain_stages:
+            return self.pretrained_dir(n)
+        if self.recipe.mux_init == "baseline" and task is not None:
+            return self.root / "finetune" / f"{task}_N1" / "model"
+        if self.recipe.mux_init not in ("encoder", "baseline"):
+            raise ValueError(f"mux_init must be 'encoder' or 'baseline', got {self.recipe.mux_init!r}")
+        return self.mux_init(n)
 
     def pretrained_dir(self, n: int) -> Path:
         """The last pre-training stage's folder of N (what fine-tuning starts from)."""
@@ -524,7 +570,13 @@ class Demo:
         # MUX sentence heads read the mean of each instance's demultiplexed token states: stages 1-2 trained the
         # token states (retrieval, MLM, distillation), never the first token, and MiniLM was trained with mean pooling.
         pooling = SEQUENCE_POOLING if n > 1 and task == "polarity" else None
-        model_args = MuxModelArguments(model_name_or_path=str(source), sequence_pooling=pooling)
+        warm = {}
+        if n > 1 and json.loads((Path(source) / "config.json").read_text()).get("num_instances") is None:
+            # a vanilla source (the fine-tuned N=1 model): warm-started into a MUX model at N here
+            hidden = json.loads((Path(source) / "config.json").read_text())["hidden_size"]
+            warm = dict(num_instances=n, muxing_variant=MUXING, demuxing_variant=DEMUXING, muxing_seed=self.seed,
+                        gaussian_hadamard_norm=float(hidden) ** 0.5)  # fmt: skip
+        model_args = MuxModelArguments(model_name_or_path=str(source), sequence_pooling=pooling, **warm)
         info = inspect_checkpoint(model_args)
         head = "sequence" if task == "polarity" else "token"
         torch.manual_seed(self.seed)
@@ -652,7 +704,9 @@ class Demo:
             "tasks": self.tasks,
             "rows": rows,
             "throughput": {t: json.loads((self.root / f"throughput_{t}.json").read_text()) for t in self.tasks},
-            "pretraining": {str(n): [_stage_summary(e) for e in _read_list(self.pretrained_dir(n))] for n in self.ns},
+            "pretraining": {str(n): [_stage_summary(e) for e in _read_list(self.pretrained_dir(n))] for n in self.ns}
+            if self.pretrain_stages
+            else {},
             "plots": [p.name for p in plots],
             "model_cards": [str(Path(c).relative_to(self.root)) for c in cards],
             "wall_seconds_this_run": round(seconds, 1),
@@ -675,9 +729,13 @@ class Demo:
             text = "Penn Treebank (treebank package)"
             if self.recipe.pretrain_text == "ptb+tasks":
                 text += f" + the training text of {', '.join(TASK_DATA[t] for t in TASKS)}"
-            for entry in _read_list(self.pretrained_dir(n)):
+            for entry in _read_list(self.pretrained_dir(n)) if self.pretrain_stages else []:
                 stages.append(TrainingStage(entry["stage"], int(entry.get("steps", 0)), text,
                                             _numeric(entry.get("final_metrics", {}))))  # fmt: skip
+            if Path(done["init"]) == self.root / "finetune" / f"{task}_N1" / "model":
+                base = json.loads((self.root / "finetune" / f"{task}_N1" / DONE).read_text())
+                stages.append(TrainingStage("finetune N=1 (warm start)", int(base["steps"]), TASK_DATA[task],
+                                            {base["metric"]: base["value"]}))  # fmt: skip
         stages.append(
             TrainingStage("finetune", int(done["steps"]), TASK_DATA[task], {"train_loss": done["final_train_loss"]})
         )

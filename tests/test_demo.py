@@ -67,6 +67,11 @@ def test_resuming_with_another_recipe_is_refused(tmp_path):
         run_demo(tmp_path, "--finetune-steps", "0")
 
 
+def test_bad_pretrain_stages_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="--pretrain-stages must be 'none' or a comma-separated list"):
+        run_demo(tmp_path, "--pretrain-stages", "retrieval,electra")
+
+
 def test_bad_task_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="--tasks must be a comma-separated subset of polarity, wnut16"):
         run_demo(tmp_path, "--tasks", "sst2")
@@ -92,10 +97,10 @@ def test_quick_run_outputs(quick_run):
     assert results["schema_version"] == demo.SCHEMA_VERSION
     assert results["num_instances"] == [1, 2, 5]
     assert results["tasks"] == ["polarity", "wnut16"]
-    assert set(results["pretraining"]) == {"2", "5"}
-    for stages in results["pretraining"].values():
-        assert [s["stage"] for s in stages] == ["retrieval", "mlm"]
-        assert all(s["steps"] == demo.RECIPES["quick"].pretrain_steps for s in stages)
+    assert results["pretraining"] == {}  # the default path: no multiplexed pre-training
+    for n in (2, 5):  # every N > 1 model started from the task's fine-tuned N=1 model
+        done = json.loads((out / "finetune" / f"polarity_N{n}" / "done.json").read_text())
+        assert done["init"] == str(out / "finetune" / "polarity_N1" / "model")
     rows = results["rows"]
     assert [(r["task"], r["num_instances"]) for r in rows] == [
         (t, n) for t in ("polarity", "wnut16") for n in (1, 2, 5)
@@ -131,7 +136,7 @@ def test_quick_run_outputs(quick_run):
         assert record["eval_results"][0]["value"] == pytest.approx(row["value"])
         assert record["throughput"]["samples_per_second"] == pytest.approx(row["instances_per_second"])
         names = [s["name"] for s in record["stages"]]
-        assert names == (["finetune"] if row["num_instances"] == 1 else ["retrieval", "mlm", "finetune"])
+        assert names == (["finetune"] if row["num_instances"] == 1 else ["finetune N=1 (warm start)", "finetune"])
 
 
 @pytest.mark.slow
@@ -143,18 +148,18 @@ def test_rerun_skips_finished_stages(quick_run):
     assert run_demo(out) == 0
     new = log_entries(out)[logged:]
     assert new and all(e["action"] == "skip (finished)" for e in new)
-    assert {e["stage"] for e in new} == {"pretrain N=2", "pretrain N=5", "throughput polarity", "throughput wnut16"} | {
+    assert {e["stage"] for e in new} == {"throughput polarity", "throughput wnut16"} | {
         f"finetune {t} N={n}" for t in ("polarity", "wnut16") for n in (1, 2, 5)
     }
     after = mtimes(out, "**/done.json") | mtimes(out, "pretrain_N*/stage*/training_record.json")
     after |= mtimes(out, "throughput_*.json")
-    assert after == before and len(before) == 6 + 1 + 4 + 2  # fine-tuned, tiny init, stage records, throughput
+    assert after == before and len(before) == 6 + 1 + 2  # fine-tuned, tiny init, throughput
 
 
 @pytest.mark.slow
 def test_kill_during_stage2_does_not_redo_stage1(tmp_path, capsys):
     out = tmp_path / "out"
-    args = ("--num-instances", "2", "--tasks", "polarity")
+    args = ("--num-instances", "2", "--tasks", "polarity", "--pretrain-stages", "retrieval,mlm")
     # The test hook stops right after stage 1, as a kill during stage 2 would (stage 2 folder empty / partial).
     assert run_demo(out, *args, "--stop-after-stage1") == 0
     stage1 = out / "pretrain_N2" / "stage1_retrieval" / "training_record.json"

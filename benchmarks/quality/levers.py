@@ -153,7 +153,8 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "init": args.init,
         "init_train_seconds": round(sum(float(e.get("train_seconds", 0)) for e in init_record), 1),
-        "init_stages": [{"stage": e.get("stage"), "steps": e.get("steps")} for e in init_record],
+        "init_stages": [{"stage": e.get("stage"), "steps": e.get("steps"), "distillation": e.get("distillation"),
+                         "final_metrics": e.get("final_metrics")} for e in init_record],  # fmt: skip
         "settings": {k: v for k, v in vars(args).items() if k not in ("output", "name")},
         "model_class": type(model).__name__,
         "distillation": result.distillation,

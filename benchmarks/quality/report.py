@@ -49,8 +49,22 @@ def describe(run: dict) -> str:
     if run["num_instances"] > 1:
         parts.append(f"{s['muxing']}+{s['demuxing']}")
     if run.get("init_stages"):
-        parts.append("init " + "+".join(f"{e['stage']}:{e['steps']}" for e in run["init_stages"]))
-    parts.append(f"FT {s['steps']} steps")
+        stages = []
+        for e in run["init_stages"]:
+            extra = ""
+            if (e.get("distillation") or {}).get("pooled_coeff"):
+                extra = f" (+pooled x{e['distillation']['pooled_coeff']:g})"
+            stages.append(f"{e['stage']}:{e['steps']}{extra}")
+        parts.append("init " + "+".join(stages))
+    elif s.get("init") not in (None, "minilm"):
+        parts.append(f"init {Path(s['init']).name}")
+    parts.append(f"FT {s['steps']} steps, lr {s['lr']:g}")
+    if s.get("learn_keys"):
+        parts.append("learned keys")
+    if s.get("curriculum"):
+        parts.append(f"single-instance curriculum {s['curriculum']:.0%}")
+    if s.get("instance_layer_from") is not None:
+        parts.append(f"instance layer from layer {s['instance_layer_from']}")
     if s.get("teacher"):
         parts.append(f"logit KD a={s['alpha']} T={s['temperature']}")
     if run["num_instances"] > 1 and s.get("pooling"):
