@@ -256,3 +256,33 @@ def test_card_of_a_distilled_folder_names_the_stage_and_the_teacher(texts, teach
     run(distill_args(texts, out, teacher, max_steps=2))
     card = write_model_card(out / "stage1_distill", overwrite=True).read_text()
     assert "hidden-state distillation" in card and f"teacher: {teacher}" in card
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_distil_and_the_folder_loads(texts, teacher, tmp_path):
+    import sys
+
+    from test_pretrain import _free_port
+    from transformers import AutoModelForMaskedLM
+
+    import mux_plms  # noqa: F401
+
+    out = tmp_path / "ddp"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "mux_plms.cli", "pretrain"]  # fmt: skip
+    flags = ["--model_name_or_path", str(teacher), "--num_instances", "2", "--muxing_variant", "binary_hadamard",
+             "--demuxing_variant", "rsa", "--stages", "distill", "--max_steps", "4", "--save_steps", "2",
+             "--eval_steps", "2", "--block_size", "16", "--per_device_train_mux_rows", "2",
+             "--distill_retrieval_coeff", "0.1", "--train_file", texts["train"], "--validation_file", texts["valid"],
+             "--cache_dir", texts["cache"], "--output_dir", str(out), "--report_to", "none", "--disable_tqdm",
+             "--max_eval_samples", "24"]  # fmt: skip
+    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(launch + flags, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    record = json.loads((out / "stage1_distill" / "training_record.json").read_text())
+    assert record[-1]["stage"] == "distill" and record[-1]["num_processes"] == 2
+    assert record[-1]["samples_per_rank"] == [4 * 2 * 2] * 2  # 4 steps x 2 mux rows x N = 2, on each rank
+    assert "distill_loss" in record[-1]["final_metrics"]
+    model = AutoModelForMaskedLM.from_pretrained(out / "stage1_distill")
+    assert type(model).__name__ == "MuxBertForMaskedLM"

@@ -43,6 +43,12 @@ def main(argv=None) -> int:
     parser.add_argument("--config", nargs="*", default=[], help="extra config overrides key=value (JSON values)")
     parser.add_argument("--learn-keys", action="store_true", help="warm start with learn_muxing=True")
     parser.add_argument(
+        "--key-scale",
+        type=float,
+        default=None,
+        help="multiply the multiplexer's instance keys by this factor (N: a sum instead of a mean)",
+    )
+    parser.add_argument(
         "--instance-layer-from",
         type=int,
         default=None,
@@ -112,6 +118,9 @@ def main(argv=None) -> int:
         )  # fmt: skip
     else:
         model = load_model(model_args, info, head, len(data.label_names), dict(enumerate(data.label_names)))
+    if args.key_scale is not None:
+        with torch.no_grad():
+            model.mux_base.multiplexer.instance_keys.mul_(args.key_scale)
     if args.instance_layer_from is not None:
         base = model.mux_base
         base.multiplexer.instance_layer.load_state_dict(base.encoder.layer[args.instance_layer_from].state_dict())
@@ -153,8 +162,15 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "init": args.init,
         "init_train_seconds": round(sum(float(e.get("train_seconds", 0)) for e in init_record), 1),
-        "init_stages": [{"stage": e.get("stage"), "steps": e.get("steps"), "distillation": e.get("distillation"),
-                         "final_metrics": e.get("final_metrics")} for e in init_record],  # fmt: skip
+        "init_stages": [
+            {
+                "stage": e.get("stage"),
+                "steps": e.get("steps"),
+                "distillation": e.get("distillation"),
+                "final_metrics": e.get("final_metrics"),
+            }
+            for e in init_record
+        ],  # fmt: skip
         "settings": {k: v for k, v in vars(args).items() if k not in ("output", "name")},
         "model_class": type(model).__name__,
         "distillation": result.distillation,

@@ -59,6 +59,8 @@ def describe(run: dict) -> str:
     elif s.get("init") not in (None, "minilm"):
         parts.append(f"init {Path(s['init']).name}")
     parts.append(f"FT {s['steps']} steps, lr {s['lr']:g}")
+    if s.get("key_scale"):
+        parts.append(f"keys x{s['key_scale']:g}")
     if s.get("learn_keys"):
         parts.append("learned keys")
     if s.get("curriculum"):

@@ -1,6 +1,7 @@
-"""Training: arguments, the Accelerate pre-training loop (stage 1 token retrieval, stage 2 MLM or ELECTRA),
-the MUX-ELECTRA generator/discriminator pairing and task-level distillation through `Trainer`
-(:class:`DistillationTrainer`).
+"""Training: arguments, the Accelerate pre-training loop (stages retrieval, distill, mlm, electra), the
+MUX-ELECTRA generator/discriminator pairing, hidden-state distillation of an N=1 encoder
+(:class:`DistillationPair`, the ``distill`` stage), task-level distillation through `Trainer`
+(:class:`DistillationTrainer`) and the task fine-tuning of the demo (:func:`finetune_task`).
 
 Submodules are imported on first attribute access, so ``import mux_plms.training.electra`` does not pull in the
 pre-training loop and vice versa.
@@ -23,6 +24,13 @@ _LAZY = {
     "DistillationTrainer": "distillation",
     "DistillationArguments": "distillation",
     "load_teacher": "distillation",
+    "add_teacher_logits": "distillation",
+    "TeacherLogitsCollator": "distillation",
+    "DistillationPair": "distill_stage",
+    "hidden_distillation_loss": "distill_stage",
+    "finetune_task": "task_finetune",
+    "load_task_data": "task_finetune",
+    "evaluate_task": "task_finetune",
 }
 
 
