@@ -146,7 +146,7 @@ def validate_multiplexing_fields(config) -> None:
         raise ValueError(f"num_hidden_demux_layers must be >= 1, got {config.num_hidden_demux_layers}")
     k = getattr(config, "instance_layers", 0)
     layers = getattr(config, "num_hidden_layers", None)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or (layers is not None and k >= layers):
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or (k > 0 and layers is not None and k >= layers):
         raise ValueError(
             f"instance_layers must be an integer in [0, num_hidden_layers - 1] = [0, {(layers or 1) - 1}], got {k!r}"
         )
