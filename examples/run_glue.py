@@ -28,13 +28,11 @@ import transformers
 from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
-    Trainer,
     default_data_collator,
     set_seed,
 )
 
 from mux_plms.data import tasks
-from mux_plms.training.distillation import DistillationTrainer, load_teacher
 from mux_plms.training.finetune import (
     check_eval_arguments,
     check_max_seq_length,
@@ -162,15 +160,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return classification_metrics(metric_names, predicted, prediction.label_ids)
 
     metric_names = task.metrics if task else (("pearson", "spearmanr") if labels.is_regression else ("accuracy",))
-    trainer_class, distillation = Trainer, {}
-    if distill_args.enabled and training_args.do_train:  # the teacher's soft labels join the training loss
-        teacher, teacher_tokenizer = load_teacher(
-            distill_args.teacher_model_name_or_path, "sequence", model_args.cache_dir, data_args.max_seq_length
-        )
-        logger.info("Teacher: %s (%s)", type(teacher).__name__, distill_args.teacher_model_name_or_path)
-        trainer_class, distillation = DistillationTrainer, distill_args.trainer_kwargs(teacher, teacher_tokenizer)
-    elif distill_args.enabled:
-        logger.warning("--teacher_model_name_or_path is only used for training (--do_train): ignored")
+    # With a teacher, DistillationTrainer: its soft labels join the training loss
+    trainer_class, distillation = distill_args.trainer_class_and_kwargs(
+        "sequence", training_args.do_train, model_args.cache_dir, data_args.max_seq_length
+    )
     trainer = trainer_class(
         model=model,
         args=training_args,

@@ -30,12 +30,10 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
-    Trainer,
     set_seed,
 )
 
 from mux_plms.data import tasks
-from mux_plms.training.distillation import DistillationTrainer, load_teacher
 from mux_plms.training.finetune import (
     align_word_labels,
     check_eval_arguments,
@@ -196,15 +194,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ]
         return score([[p for p, _ in row] for row in pairs], [[r for _, r in row] for row in pairs])
 
-    trainer_class, distillation = Trainer, {}
-    if distill_args.enabled and training_args.do_train:  # per-token soft labels at the labelled word pieces
-        teacher, teacher_tokenizer = load_teacher(
-            distill_args.teacher_model_name_or_path, "token", model_args.cache_dir, data_args.max_seq_length
-        )
-        logger.info("Teacher: %s (%s)", type(teacher).__name__, distill_args.teacher_model_name_or_path)
-        trainer_class, distillation = DistillationTrainer, distill_args.trainer_kwargs(teacher, teacher_tokenizer)
-    elif distill_args.enabled:
-        logger.warning("--teacher_model_name_or_path is only used for training (--do_train): ignored")
+    # With a teacher, DistillationTrainer: its soft labels join the training loss
+    trainer_class, distillation = distill_args.trainer_class_and_kwargs(
+        "token", training_args.do_train, model_args.cache_dir, data_args.max_seq_length
+    )
     trainer = trainer_class(
         model=model,
         args=training_args,

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
 from conftest import minilm_dir
-from test_pretrain import cli_command, fresh_accelerate_state, run, subprocess_env, texts, tiny_args, tiny_flags
+from test_pretrain import (
+    cli_command,
+    fresh_accelerate_state,
+    kill_after_checkpoint,
+    run,
+    subprocess_env,
+    texts,
+    tiny_args,
+    tiny_flags,
+)
 
 from mux_plms.training.distill_stage import DistillationPair, hidden_distillation_loss, standardize
 
@@ -223,17 +230,7 @@ def test_sigkill_during_distillation_then_resume_matches_an_uninterrupted_run(te
              "--distill_retrieval_coeff", "0.2"]  # fmt: skip
     command = [c for c in cli_command(*tiny_flags(texts, killed, *flags)) if c != "tiny"]
     command.remove("--preset")
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    second = killed / "checkpoints" / "stage1_distill" / "step_00000010" / "progress.json"
-    deadline = time.time() + 300
-    while not second.exists():
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before its second checkpoint: {process.stderr.read().decode()[-2000:]}")
-        assert time.time() < deadline, "no second checkpoint after 300 s"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "stage1_distill" / "training_record.json").exists(), "killed too late"
+    kill_after_checkpoint(command, killed, "stage1_distill", step=10)
 
     resumed = run(distill_args(texts, killed, teacher, resume_from_checkpoint="latest", **common))[0]
     reference = json.loads((straight / "stage1_distill" / "training_record.json").read_text())[-1]

@@ -77,6 +77,22 @@ def subprocess_env() -> dict:
     return env
 
 
+def kill_after_checkpoint(command: list[str], output_dir: Path, stage: str, step: int) -> None:
+    """Run `command` in a subprocess, SIGKILL it as soon as the checkpoint of `stage` at `step` is complete,
+    and check that the stage had not finished yet (the kill landed mid-stage)."""
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = output_dir / "checkpoints" / stage / f"step_{step:08d}" / "progress.json"
+    deadline = time.time() + 300
+    while not marker.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before its step-{step} checkpoint: {process.stderr.read().decode()[-2000:]}")
+        assert time.time() < deadline, f"no step-{step} checkpoint after 300 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (output_dir / stage / "training_record.json").exists(), "killed too late"
+
+
 def tiny_flags(texts, output_dir, *extra: str) -> list[str]:
     return ["--preset", "tiny", "--train_file", texts["train"], "--validation_file", texts["valid"],
             "--cache_dir", texts["cache"], "--output_dir", str(output_dir), "--report_to", "none",
@@ -475,18 +491,7 @@ def test_sigkill_after_the_second_checkpoint_then_resume_matches_an_uninterrupte
     run(tiny_args(texts, straight, stages="retrieval", max_steps=40, save_steps=5, eval_steps=0, seed=7))
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(cli_command(*tiny_flags(texts, killed, *flags)), env=subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    second = killed / "checkpoints" / "stage1_retrieval" / "step_00000010" / "progress.json"
-    deadline = time.time() + 300
-    while not second.exists():
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before its second checkpoint: {process.stderr.read().decode()[-2000:]}")
-        assert time.time() < deadline, "no second checkpoint after 300 s"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "stage1_retrieval" / "training_record.json").exists(), "killed too late"
+    kill_after_checkpoint(cli_command(*tiny_flags(texts, killed, *flags)), killed, "stage1_retrieval", step=10)
 
     resumed = run(tiny_args(texts, killed, stages="retrieval", max_steps=40, save_steps=5, eval_steps=0, seed=7,
                             resume_from_checkpoint="latest"))[0]  # fmt: skip

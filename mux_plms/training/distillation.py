@@ -89,6 +89,21 @@ class DistillationArguments:
         """A teacher was given."""
         return bool(self.teacher_model_name_or_path)
 
+    def trainer_class_and_kwargs(
+        self, head: str, do_train: bool, cache_dir: str | None = None, max_seq_length: int | None = None
+    ) -> tuple[type, dict[str, Any]]:
+        """What the examples build: ``(Trainer, {})`` without a teacher (or without training, where the teacher
+        is unused: a warning says so), else ``(DistillationTrainer, its teacher keyword arguments)`` with the
+        teacher loaded for `head` (``sequence`` / ``token``)."""
+        if not self.enabled:
+            return Trainer, {}
+        if not do_train:
+            logger.warning("--teacher_model_name_or_path is only used for training (--do_train): ignored")
+            return Trainer, {}
+        teacher, teacher_tokenizer = load_teacher(self.teacher_model_name_or_path, head, cache_dir, max_seq_length)
+        logger.info("Teacher: %s (%s)", type(teacher).__name__, self.teacher_model_name_or_path)
+        return DistillationTrainer, self.trainer_kwargs(teacher, teacher_tokenizer)
+
     def trainer_kwargs(self, teacher: nn.Module, teacher_tokenizer: Any | None = None) -> dict[str, Any]:
         """The keyword arguments of :class:`DistillationTrainer` for `teacher` and these coefficients."""
         return {
