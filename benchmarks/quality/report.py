@@ -142,8 +142,10 @@ def plot(runs: list[dict], folder: Path) -> list[Path]:
 
     paths = []
     for task in sorted({r["task"] for r in runs}):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for run in sorted((r for r in runs if r["task"] == task), key=lambda r: r["name"]):
+        fig, ax = plt.subplots(figsize=(10, 5))
+        mine = sorted((r for r in runs if r["task"] == task), key=lambda r: r["name"])
+        ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i % 20) for i in range(len(mine))])
+        for run in mine:
             xs = [minutes(run, p["train_seconds"], p["step"]) for p in run["curve"]]
             ys = [100 * p[run["metric"]] for p in run["curve"]]
             style = "--" if run["num_instances"] == 1 else "-"
@@ -152,7 +154,7 @@ def plot(runs: list[dict], folder: Path) -> list[Path]:
         ax.set_ylabel(f"{task} validation {runs[0]['metric'] if task == 'polarity' else 'F1'} (%)")
         ax.set_title(f"{task}: quality vs CPU minutes per recipe")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         path = folder / f"quality_vs_minutes_{task}.png"
         fig.savefig(path, dpi=110)
