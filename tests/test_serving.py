@@ -218,3 +218,33 @@ def test_http_endpoint_answers_and_rejects_malformed(tokenizer):
         assert status == 200 and len(body["results"]) == 3
         single = predictor.predict(SENTENCES[:3])
         assert [r["label"] for r in body["results"]] == [r.label for r in single]
+
+
+@pytest.mark.parametrize("task", ["text-classification", "token-classification"])
+def test_pipeline_keeps_mux_groups_whole(tokenizer, task):
+    """`transformers.pipeline` over a MUX model: with `batch_size` a multiple of N, each pipeline batch is
+    whole mux groups of consecutive inputs, and the outputs equal the batched forward of the same groups."""
+    from transformers import pipeline
+
+    token = task == "token-classification"
+    model = tiny_model(tokenizer, n=2, token=token)
+    texts = SENTENCES[:8]
+    pipe = pipeline(task, model=model, tokenizer=tokenizer, **({} if token else {"top_k": None}))
+    batched = pipe(texts, batch_size=4)
+    reference = offline_logits(model, tokenizer, texts, [[0, 1, 2, 3], [4, 5, 6, 7]])
+    alone = offline_logits(model, tokenizer, texts, [[i] for i in range(len(texts))])
+    differs = False
+    for i, out in enumerate(batched):
+        if token:
+            n_tokens = len(tokenizer(texts[i])["input_ids"]) - 2
+            probs = reference[i][1 : 1 + n_tokens].softmax(-1)
+            assert [o["index"] for o in out] == list(range(1, 1 + n_tokens))
+            assert [o["entity"] for o in out] == [["neg", "neu", "pos"][j] for j in probs.argmax(-1).tolist()]
+            got = torch.tensor([float(o["score"]) for o in out])
+            torch.testing.assert_close(got, probs.max(-1).values, rtol=1e-5, atol=1e-6)
+        else:
+            got = torch.tensor([{o["label"]: o["score"] for o in out}[name] for name in ("neg", "neu", "pos")])
+            torch.testing.assert_close(got, reference[i].softmax(-1), rtol=1e-5, atol=1e-6)
+            differs |= not torch.allclose(got, alone[i].softmax(-1), atol=1e-6)
+    if not token:
+        assert differs  # partners matter: a run with other groups would give other outputs
