@@ -248,3 +248,62 @@ def test_pipeline_keeps_mux_groups_whole(tokenizer, task):
             differs |= not torch.allclose(got, alone[i].softmax(-1), atol=1e-6)
     if not token:
         assert differs  # partners matter: a run with other groups would give other outputs
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_serve_deployment_starts_and_answers(tokenizer, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'mux-plms[serve]'")
+    from ray import serve
+
+    from mux_plms.serving import MuxPredictor
+    from mux_plms.serving.ray_app import build_app
+
+    model = tiny_model(tokenizer, n=2)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(str(tmp_path), mux_rows=4, batch_wait_timeout_s=0.5, num_cpus=1, num_threads=1))
+        url = f"http://127.0.0.1:{port}/"
+        status, body = _post(url, json.dumps({"texts": SENTENCES[:4]}).encode())
+        assert status == 200, body
+        expected = MuxPredictor(model, tokenizer).predict(SENTENCES[:4])
+        assert [r["label"] for r in body["results"]] == [r.label for r in expected]
+        for got, want in zip(body["results"], expected):
+            assert got["scores"] == pytest.approx(want.scores, abs=1e-5)
+        for payload, message in [(b"{oops", "not valid JSON"), (b'{"text": ""}', "empty"), (b'{"text": 1}', "string")]:
+            status, body = _post(url, payload)
+            assert status == 400 and message in body["error"], body
+        status, body = _post(url, json.dumps({"text": "still serving"}).encode())
+        assert status == 200 and body["label"] in {"neg", "neu", "pos"}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_serve_command_is_registered_and_serving_imports_without_ray():
+    import subprocess
+    import sys
+
+    from mux_plms.cli import COMMANDS, main
+
+    assert COMMANDS["serve"][0] == "mux_plms.serving.cli"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    code = "import sys; sys.modules['ray'] = None; import mux_plms.serving as s; print(s.MuxBatcher.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "MuxBatcher" in out.stdout, out.stderr
+    code = "import sys; sys.modules['ray'] = None; import mux_plms.serving.ray_app"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "pip install 'mux-plms[serve]'" in out.stderr
