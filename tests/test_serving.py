@@ -307,3 +307,25 @@ def test_serve_command_is_registered_and_serving_imports_without_ray():
     code = "import sys; sys.modules['ray'] = None; import mux_plms.serving.ray_app"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "pip install 'mux-plms[serve]'" in out.stderr
+
+
+def test_load_test_client_is_bounded_and_measures_latency():
+    from concurrent.futures import Future
+
+    from mux_plms.serving.loadtest import arrival_times, percentile, run_load
+
+    assert percentile([1, 2, 3, 4, 5], 50) == 3 and percentile([1, 2], 100) == 2
+    times = arrival_times(2000, rate=100.0, seed=1)
+    assert times == sorted(times) and 18 < times[-1] < 22  # mean gap 10 ms
+    assert arrival_times(3, float("inf")) == [0.0, 0.0, 0.0]
+
+    def submit(text: str) -> Future:  # completes after 20 ms on a timer thread
+        future: Future = Future()
+        threading.Timer(0.02, future.set_result, args=(text,)).start()
+        return future
+
+    result = run_load(submit, ["a", "b"], rate=200.0, count=40, time_limit_s=10)
+    assert result.sent == result.completed == 40 and result.errors == 0
+    assert 15 <= result.p50_ms < 500 and result.p50_ms <= result.p95_ms <= result.p99_ms
+    limited = run_load(submit, ["a"], rate=20.0, count=1000, time_limit_s=0.5)
+    assert limited.sent < 30  # the time limit stops sending
