@@ -4,8 +4,9 @@ bounded open-loop client at a few arrival rates; requests/s and p50/p95/p99 late
     PYTHONPATH=. python benchmarks/serving.py --out benchmarks/results/serving
 
 What is measured: the in-process request batcher (:class:`mux_plms.serving.MuxBatcher`), driven by a client
-thread in the same process (`--mode inprocess`, the default), or the same batcher behind the built-in HTTP
-server on 127.0.0.1 (`--mode http`). Models: the shipped MiniLM-L6 encoder (bert-base-uncased vocabulary,
+thread in the same process (`--mode inprocess`, the default), the same batcher behind the built-in HTTP
+server on 127.0.0.1 (`--mode http`), or the Ray Serve deployment on 127.0.0.1 (`--mode ray`, one application
+per model, `@serve.batch` batching; the client POSTs from a pool of 64 threads). Models: the shipped MiniLM-L6 encoder (bert-base-uncased vocabulary,
 6 layers, hidden 384) warm-started at N=1 (vanilla `BertForSequenceClassification`) and as MUX-BERT
 (binary_hadamard + rsa) at N=2, 5, 10: throughput does not depend on training, so the models are untrained
 heads. Requests: sentences of the shipped polarity test split. Every model gets the same batch budget in
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mux-rows", type=int, default=16, help="mux groups per forward (batch = rows x N)")
     parser.add_argument("--wait-ms", type=float, default=20.0, help="batcher's maximum wait")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--mode", choices=["inprocess", "http"], default="inprocess")
+    parser.add_argument("--mode", choices=["inprocess", "http", "ray"], default="inprocess")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=8321, help="Ray Serve HTTP port (--mode ray)")
     parser.add_argument("--from-json", default=None, help="re-render the table and figure of a saved run")
     args = parser.parse_args(argv)
     if args.from_json:
@@ -104,14 +106,40 @@ def main(argv: list[str] | None = None) -> int:
     # Every model is loaded and served at once; each rate runs every model back to back (order rotated per rate
     # and round), so a slow phase of the shared machine hits all models alike.
     servers = []
+    ray_dir = None
+    if args.mode == "ray":
+        import tempfile
+
+        import ray
+        from ray import serve
+
+        from mux_plms.serving.ray_app import build_app
+
+        ray_dir = tempfile.TemporaryDirectory(prefix="mux-serving-")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     for n in args.instances:
-        predictor = MuxPredictor(build(n, str(model_dir)), tokenizer, max_batch_size=args.mux_rows * n)
-        batcher = MuxBatcher(predictor, max_wait_s=args.wait_ms / 1000)
-        if args.mode == "http":
-            server = BackgroundServer(batcher).__enter__()
-            submit, pool = http_submitter(server.url)
+        model = build(n, str(model_dir))
+        if args.mode == "ray":
+            folder = Path(ray_dir.name) / f"n{n}"
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            app = build_app(
+                str(folder), mux_rows=args.mux_rows, batch_wait_timeout_s=args.wait_ms / 1000,
+                num_cpus=os.cpu_count() / len(args.instances), num_threads=args.threads,
+            )  # fmt: skip
+            serve.run(app, name=f"n{n}", route_prefix=f"/n{n}")
+            batcher = None
+            submit, pool = http_submitter(f"http://127.0.0.1:{args.port}/n{n}")
+            server = None
         else:
-            submit, pool, server = batcher.submit, None, None
+            predictor = MuxPredictor(model, tokenizer, max_batch_size=args.mux_rows * n)
+            batcher = MuxBatcher(predictor, max_wait_s=args.wait_ms / 1000)
+            if args.mode == "http":
+                server = BackgroundServer(batcher).__enter__()
+                submit, pool = http_submitter(server.url)
+            else:
+                submit, pool, server = batcher.submit, None, None
         run_load(submit, texts, float("inf"), 2 * args.mux_rows * n, seed=99)  # warm-up, discarded
         servers.append((n, batcher, submit, pool, server))
     results = []
@@ -123,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             turn += 1
             for n, batcher, submit, _, _ in order:
                 label = "BERT (N=1)" if n == 1 else f"MUX N={n}"
-                before = len(batcher.batch_sizes)
+                before = len(batcher.batch_sizes) if batcher else 0
                 result = run_load(submit, texts, rate, count, args.time_limit, args.seed + round_index, label)
                 result = result.to_dict()
-                result["mean_batch"] = mean(batcher.batch_sizes[before:])
+                result["mean_batch"] = mean(batcher.batch_sizes[before:]) if batcher else None
                 result["num_instances"] = n
                 result["round"] = round_index
                 results.append(result)
@@ -134,8 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     for _, batcher, _, pool, server in servers:
         if pool is not None:
             pool.shutdown()
+        if server is not None:
             server.__exit__(None, None, None)
-        batcher.close()
+        if batcher is not None:
+            batcher.close()
+    if args.mode == "ray":
+        serve.shutdown()
+        ray.shutdown()
+        ray_dir.cleanup()
     results.sort(key=lambda r: (r["num_instances"], r["rate"], r["round"]))
     write_outputs(Path(args.out), args.mode, results, meta_of(args, argv, started, load_start))
     return 0
