@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 import torch
-from conftest import TINY, minilm_dir
+from conftest import REPO_ROOT, TINY, minilm_dir
 
 SENTENCES = [
     "a gripping , beautifully acted film .",
@@ -292,6 +292,7 @@ def test_ray_serve_deployment_starts_and_answers(tokenizer, tmp_path):
 
 
 def test_serve_command_is_registered_and_serving_imports_without_ray():
+    import os
     import subprocess
     import sys
 
@@ -301,11 +302,12 @@ def test_serve_command_is_registered_and_serving_imports_without_ray():
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--help"])
     assert exit_info.value.code == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # this checkout's mux_plms
     code = "import sys; sys.modules['ray'] = None; import mux_plms.serving as s; print(s.MuxBatcher.__name__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and "MuxBatcher" in out.stdout, out.stderr
     code = "import sys; sys.modules['ray'] = None; import mux_plms.serving.ray_app"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode != 0 and "pip install 'mux-plms[serve]'" in out.stderr
 
 
@@ -329,3 +331,42 @@ def test_load_test_client_is_bounded_and_measures_latency():
     assert 15 <= result.p50_ms < 500 and result.p50_ms <= result.p95_ms <= result.p99_ms
     limited = run_load(submit, ["a"], rate=20.0, count=1000, time_limit_s=0.5)
     assert limited.sent < 30  # the time limit stops sending
+
+
+def test_serve_command_no_ray_serves_a_model_folder(tokenizer, tmp_path):
+    """`mux-plms serve MODEL_DIR --no-ray`: loads the folder, answers, rejects malformed JSON, keeps serving."""
+    import os
+    import subprocess
+    import sys
+
+    model = tiny_model(tokenizer, n=2)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}  # this checkout's mux_plms
+    command = [sys.executable, "-m", "mux_plms.cli", "serve", str(tmp_path), "--no-ray", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    assert json.loads(response.read())["num_instances"] == 2
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert process.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.5)
+        status, body = _post(url, b"[")
+        assert status == 400 and "not valid JSON" in body["error"]
+        status, body = _post(url, json.dumps({"text": "great film"}).encode())
+        assert status == 200 and body["label"] == predicted_label(model, tokenizer, "great film")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def predicted_label(model, tokenizer, text: str) -> str:
+    from mux_plms.serving import MuxPredictor
+
+    return MuxPredictor(model, tokenizer).predict([text])[0].label
