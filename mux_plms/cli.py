@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("mux_plms.hub.push_cli", "publish a model folder to the Hub with a generated model card"),
     "convert-legacy": ("mux_plms.hub.convert_cli", "convert an original MUX-PLMs checkpoint"),
     "card": ("mux_plms.hub.card_cli", "render the model card of a model folder"),
+    "serve": ("mux_plms.serving.cli", "serve a model folder over HTTP on Ray Serve (mux groups filled from requests)"),
 }
 
 
