@@ -256,6 +256,9 @@ def test_card_of_a_distilled_folder_names_the_stage_and_the_teacher(texts, teach
 
 
 @pytest.mark.slow
+# Multi-process runs that open local ports share one xdist worker (make test: --dist loadgroup), never
+# running beside each other: run side by side under load, a torchrun gloo run once lost its connections.
+@pytest.mark.xdist_group("multiprocess")
 def test_two_cpu_ranks_distil_and_the_folder_loads(texts, teacher, tmp_path):
     import sys
 

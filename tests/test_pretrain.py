@@ -616,6 +616,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+# Multi-process runs that open local ports share one xdist worker (make test: --dist loadgroup), never
+# running beside each other: run side by side under load, a torchrun gloo run once lost its connections.
+@pytest.mark.xdist_group("multiprocess")
 def test_two_cpu_ranks_run_both_stages_and_the_final_folder_loads(texts, tmp_path):
     from transformers import AutoModelForMaskedLM
 

@@ -239,6 +239,9 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
+# Multi-process runs that open local ports share one xdist worker (make test: --dist loadgroup), never
+# running beside each other: run side by side under load, a torchrun gloo run once lost its connections.
+@pytest.mark.xdist_group("multiprocess")
 def test_two_cpu_ranks_with_torchrun(trained, tmp_path):
     """Under torchrun (2 CPU ranks, gloo), evaluation batches are split across ranks and gathered."""
     out, _ = trained

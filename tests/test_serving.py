@@ -259,6 +259,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+# Multi-process runs that open local ports share one xdist worker (make test: --dist loadgroup), never
+# running beside each other: run side by side under load, a torchrun gloo run once lost its connections.
+@pytest.mark.xdist_group("multiprocess")
 def test_ray_serve_deployment_starts_and_answers(tokenizer, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'mux-plms[serve]'")
     from ray import serve
