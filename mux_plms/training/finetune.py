@@ -160,15 +160,26 @@ def save_model_whole(trainer, output_dir: str | None = None) -> None:
 
     target = Path(output_dir or trainer.args.output_dir)
     staging = staging_folder(target)
-    main = trainer.is_world_process_zero()
+    # Under torchrun on CPU, Trainer sees one process (world_size 1, every rank "process zero") while
+    # torch.distributed runs several: the rank of torch.distributed decides who writes, and its barrier waits.
+    rank, world = _rank_and_world()
+    unknown_to_trainer = world > 1 and trainer.args.world_size == 1
+    main = trainer.is_world_process_zero() and rank == 0
+
+    def barrier() -> None:
+        trainer.accelerator.wait_for_everyone()
+        if unknown_to_trainer:
+            torch.distributed.barrier()
+
     if main and staging.exists():
         shutil.rmtree(staging)  # left by a run killed while saving
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))
-    trainer.accelerator.wait_for_everyone()
+    barrier()
+    if main or not unknown_to_trainer:  # every rank Trainer knows of (save_model may gather); else rank 0 only
+        trainer.save_model(str(staging))
+    barrier()
     if main:
         publish_staged_files(staging, target)
-    trainer.accelerator.wait_for_everyone()
+    barrier()
 
 
 def train_and_save(trainer, train_samples: int) -> dict[str, Any]:
