@@ -265,13 +265,12 @@ def finetune_task(
     else:
         trainer = Trainer(**kwargs)
     started = time.perf_counter()
-    output = trainer.train()
+    trainer.train()
     train_seconds = time.perf_counter() - started - clock["eval"]
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metrics = evaluate_task(model, data, tokenizer, eval_batch_size, desc=f"evaluate {desc}")
     curve.append({"step": steps, "train_seconds": round(train_seconds, 2), **metrics})
     distillation = trainer.distillation_summary() if teacher is not None else None
-    del output
     return FinetuneResult(metrics, train_seconds, losses[-1] if losses else None, curve, distillation)
 
 
