@@ -337,3 +337,43 @@ def test_instance_layers_run_the_first_layers_per_instance_before_mixing(tiny):
     torch.testing.assert_close(padded[:3], states, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"instance_layers must be an integer in .* = \[0, 1\], got 2"):
         tiny(instance_layers=2)
+
+
+def test_shared_position_mixing_keys_the_word_embeddings_only(tiny):
+    """position_mixing='shared': at N=1 (binary keys: the identity) it equals the keyed model; at N=2 the
+    first layer reads LayerNorm(mean of keyed word embeddings + mean token-type embedding + positions)."""
+    from mux_plms import MuxBertModel
+
+    torch.manual_seed(0)
+    plain = MuxBertModel(tiny(num_instances=1, muxing_variant="binary_hadamard", demuxing_variant="rsa")).eval()
+    shared = MuxBertModel(tiny(num_instances=1, muxing_variant="binary_hadamard", demuxing_variant="rsa",
+                               position_mixing="shared")).eval()  # fmt: skip
+    shared.load_state_dict(plain.state_dict())
+    inputs = make_inputs(batch=3, length=7)
+    torch.testing.assert_close(shared(**inputs).last_hidden_state, plain(**inputs).last_hidden_state)
+
+    model = MuxBertModel(tiny(num_instances=2, muxing_variant="binary_hadamard", demuxing_variant="rsa",
+                              position_mixing="shared")).eval()  # fmt: skip
+    seen = []
+    hook = model.encoder.layer[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    inputs = make_inputs(batch=4, length=7)
+    states = model(**inputs).last_hidden_state
+    hook.remove()
+    emb, keys = model.embeddings, model.multiplexer.instance_keys  # (N, D)
+    words = emb.word_embeddings(inputs["input_ids"]).view(2, 2, 7, -1)
+    types = emb.token_type_embeddings(inputs["token_type_ids"]).view(2, 2, 7, -1).mean(1)
+    expected = emb.LayerNorm((words * keys[None, :, None]).mean(1) + types + emb.position_embeddings.weight[:7])
+    torch.testing.assert_close(seen[0], expected)
+    keyed = MuxBertModel(tiny(num_instances=2, muxing_variant="binary_hadamard", demuxing_variant="rsa")).eval()
+    keyed.load_state_dict(model.state_dict())
+    assert not torch.allclose(keyed(**inputs).last_hidden_state, states)  # the option changes what is mixed
+    # an odd batch: the internal padding instance stands in for the missing partner; the full groups keep
+    # their states
+    odd = model(**make_inputs(batch=3, length=7)).last_hidden_state
+    torch.testing.assert_close(odd[:2], states[:2])
+    assert not torch.allclose(odd[2], states[2])
+
+    with pytest.raises(ValueError, match=r"position_mixing must be one of keyed, shared; got 'per_instance'"):
+        tiny(position_mixing="per_instance")
+    with pytest.raises(ValueError, match=r"position_mixing='shared' mixes word embeddings, but instance_layers"):
+        tiny(position_mixing="shared", instance_layers=1)

@@ -15,6 +15,7 @@ from transformers import BertConfig
 MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "contextual")
 DEMUXING_VARIANTS = ("rsa", "prefix", "mlp")
 SEQUENCE_POOLINGS = ("first", "mean")
+POSITION_MIXINGS = ("keyed", "shared")
 
 # Outputs that `Trainer.predict` must not collect next to the logits.
 MUX_KEYS_TO_IGNORE_AT_INFERENCE = [
@@ -52,6 +53,13 @@ class MultiplexingConfigMixin:
             first", as in RevMUX's prefilling): the mixture then enters layer k. Costs k x N layer passes per mux
             group instead of k, so the throughput bound is ``L N / (k N + L - k)`` for L layers; 0 (default)
             mixes the embeddings, as MUX-PLMs does. MUX-BERT only.
+        position_mixing: what the instance keys multiply. ``"keyed"`` (default, as MUX-PLMs): each instance's
+            full embedding (word + position + token type, after the embedding LayerNorm) is keyed and mixed.
+            ``"shared"``: only the instances' word embeddings are keyed and mixed; the position embeddings, the
+            instances' mean token-type embedding, the embedding LayerNorm and dropout are then applied once to
+            the mixture, so the backbone reads positions exactly as it was pre-trained to (the instances of a
+            group are aligned position by position anyway). Measured on a MiniLM warm start in
+            benchmarks/results/quality/. MUX-BERT only; not with ``instance_layers`` or ``legacy_embed_mixture``.
         prefix_filler_token_id: vocabulary id of the filler token of the `prefix` demultiplexer.
         prefix_index_token_ids: vocabulary ids of the N index tokens (default: ids 2 .. N+1, the
             `[unused*]` tokens of the BERT vocabulary).
@@ -104,6 +112,7 @@ class MultiplexingConfigMixin:
     muxing_seed: int = 0
     sequence_pooling: str = "first"
     instance_layers: int = 0
+    position_mixing: str = "keyed"
     prefix_filler_token_id: int = 1
     prefix_index_token_ids: list[int] | None = None
     # Legacy options (DESIGN.md section 4, docs/legacy-checkpoints.md); all off by default.
@@ -150,6 +159,16 @@ def validate_multiplexing_fields(config) -> None:
         raise ValueError(
             f"instance_layers must be an integer in [0, num_hidden_layers - 1] = [0, {(layers or 1) - 1}], got {k!r}"
         )
+    mixing = getattr(config, "position_mixing", "keyed")
+    if mixing not in POSITION_MIXINGS:
+        raise ValueError(f"position_mixing must be one of {', '.join(POSITION_MIXINGS)}; got {mixing!r}")
+    if mixing == "shared" and k:
+        raise ValueError(
+            "position_mixing='shared' mixes word embeddings, but instance_layers > 0 runs layers on each "
+            "instance's full embeddings before mixing: use one or the other"
+        )
+    if mixing == "shared" and getattr(config, "legacy_embed_mixture", False):
+        raise ValueError("position_mixing='shared' cannot be combined with legacy_embed_mixture")
     if not 0.0 <= config.binary_hadamard_epsilon <= 1.0:
         raise ValueError(f"binary_hadamard_epsilon must lie in [0, 1], got {config.binary_hadamard_epsilon}")
     if config.gaussian_hadamard_norm <= 0:

@@ -145,6 +145,32 @@ class MuxBertModel(MultiplexedEncoderMixin, MuxBertPreTrainedModel):
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
 
+    def embed_words(self, input_ids, token_type_ids, position_ids, inputs_embeds):
+        """``position_mixing="shared"``: each instance contributes its word embeddings only."""
+        return self.embeddings.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+
+    def embed_shared(self, mixture, token_type_ids, position_ids, num_instances: int):
+        """``position_mixing="shared"``: add the position embeddings and the group's mean token-type embedding
+        to the mixed word embeddings ``(G, L, D)``, then the embedding LayerNorm and dropout (once per group)."""
+        embeddings = self.embeddings
+        groups, length = mixture.shape[:2]
+        if position_ids is None:
+            position_ids = embeddings.position_ids[:, :length]
+        elif position_ids.shape[0] != 1:
+            grouped = position_ids.view(groups, num_instances, length)
+            if not torch.equal(grouped, grouped[:, :1].expand_as(grouped)):
+                raise ValueError(
+                    "position_mixing='shared' gives every instance of a mux group the same positions; "
+                    "got position_ids that differ within a group"
+                )
+            position_ids = grouped[:, 0]
+        if token_type_ids is None:
+            types = embeddings.token_type_embeddings(embeddings.token_type_ids[:, :length])
+        else:
+            types = embeddings.token_type_embeddings(token_type_ids).view(groups, num_instances, length, -1).mean(1)
+        hidden = mixture + types + embeddings.position_embeddings(position_ids)
+        return embeddings.dropout(embeddings.LayerNorm(hidden))
+
     def run_layers(self, hidden, attention_mask, start: int, end: int):
         """Backbone layers ``start .. end-1`` on `hidden` ``(rows, L, H)`` with the padding mask ``(rows, L)``
         (``instance_layers``: the layers each instance runs on its own before mixing)."""

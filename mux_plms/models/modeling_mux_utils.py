@@ -113,6 +113,8 @@ class MultiplexedEncoderMixin:
     Requires ``self.config``, ``self.multiplexer``, ``self.demultiplexer``, ``self.embed(input_ids,
     token_type_ids, position_ids, inputs_embeds) -> (B, L, D)`` and ``self.encode(mixture (G, L, D),
     attention_mask (G, L), output_hidden_states) -> (hidden (G, L, H), all_hidden_states | None)``.
+    ``position_mixing="shared"`` also needs ``self.embed_words`` (same arguments: what each instance
+    contributes to the mixture) and ``self.embed_shared(mixture, token_type_ids, position_ids, N)``.
     """
 
     multiplexer: Multiplexer
@@ -205,21 +207,27 @@ class MultiplexedEncoderMixin:
         k = getattr(self.config, "instance_layers", 0)
         if k and not hasattr(self, "run_layers"):
             raise ValueError(f"instance_layers={k} is not supported by {type(self).__name__} (MUX-BERT only)")
+        shared = getattr(self.config, "position_mixing", "keyed") == "shared"
+        if shared and not hasattr(self, "embed_shared"):
+            raise ValueError(f"position_mixing='shared' is not supported by {type(self).__name__} (MUX-BERT only)")
+        embed = self.embed_words if shared else self.embed
         if self.multiplexer.streaming:
             # Embed and mix one instance slot at a time: the N-fold embeddings never exist.
             mixture = None
             slot_masks = mask.view(g, n, length)
             for index in range(n):
                 slot = self._instance_slot(index, g, input_ids, token_type_ids, position_ids, inputs_embeds)
-                embedded = self.embed(*slot)
+                embedded = embed(*slot)
                 if k:  # combine first: the first k layers on this instance alone
                     embedded = self.run_layers(embedded, fix_empty_rows(slot_masks[:, index]).long(), 0, k)
                 mixture = self.multiplexer(embedded, None, index=index, mixture=mixture)
         else:
-            embeddings = self.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
+            embeddings = embed(input_ids, token_type_ids, position_ids, inputs_embeds)
             if k:
                 embeddings = self.run_layers(embeddings, fix_empty_rows(mask).long(), 0, k)
             mixture = self.multiplexer(embeddings.view(g, n, length, -1), mask.view(g, n, length))
+        if shared:  # positions, token types, LayerNorm: once, on the mixture
+            mixture = self.embed_shared(mixture, token_type_ids, position_ids, n)
         union_mask = fix_empty_rows(mask.view(g, n, length).any(dim=1)).long()
         if k:
             mixed, hidden_states = self.encode(mixture, union_mask, output_hidden_states, first_layer=k)

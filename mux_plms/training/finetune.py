@@ -51,6 +51,7 @@ WARM_START_FIELDS = (
     "num_hidden_demux_layers",
     "muxing_seed",
     "gaussian_hadamard_norm",
+    "position_mixing",
 )
 
 
@@ -99,6 +100,14 @@ class MuxModelArguments:
         metadata={
             "help": "Warm start only: L2 norm of the Hadamard instance keys (default 1; sqrt(hidden_size) keeps "
             "the mixture at the scale a pre-trained backbone expects)"
+        },
+    )
+    position_mixing: str | None = field(
+        default=None,
+        metadata={
+            "help": "Warm start only (MUX-BERT): 'keyed' (default: each instance's full embedding is keyed and "
+            "mixed) or 'shared' (only the word embeddings are mixed; positions, token types and the embedding "
+            "LayerNorm are applied once to the mixture)"
         },
     )
     ignore_mismatched_sizes: bool = field(
