@@ -431,69 +431,6 @@ def test_config_errors(kwargs, match):
         electra_config(**kwargs)
 
 
-# ------------------------------------------------------------------- the shared task mixins (BERT parity)
-
-
-def test_generic_task_mixins_reproduce_mux_bert():
-    """The backbone-agnostic forwards in modeling_mux_utils give MUX-BERT's outputs bit for bit, so the BERT
-    task classes can be made as thin as the ELECTRA ones."""
-    from conftest import tiny_config
-
-    from mux_plms import MuxBertForMaskedLM, MuxBertForSequenceClassification, MuxBertForTokenClassification
-    from mux_plms.models.heads import SequenceClassificationHead, TokenClassificationHead, VocabularyHead
-    from mux_plms.models.modeling_mux_bert import MuxBertTaskModel
-    from mux_plms.models.modeling_mux_utils import (
-        MuxMaskedLMMixin,
-        MuxSequenceClassificationMixin,
-        MuxTokenClassificationMixin,
-    )
-
-    class GenericMLM(MuxMaskedLMMixin, MuxBertTaskModel):
-        _tied_weights_keys = MuxBertForMaskedLM._tied_weights_keys
-
-        def __init__(self, config):
-            super().__init__(config)
-            self.lm_head = VocabularyHead(config)
-            self.post_init()
-
-    class GenericSeq(MuxSequenceClassificationMixin, MuxBertTaskModel):
-        def __init__(self, config):
-            super().__init__(config)
-            self.classifier = SequenceClassificationHead(config)
-            self.post_init()
-
-    class GenericTok(MuxTokenClassificationMixin, MuxBertTaskModel):
-        def __init__(self, config):
-            super().__init__(config)
-            self.classifier = TokenClassificationHead(config)
-            self.post_init()
-
-    pairs = [
-        (MuxBertForMaskedLM, GenericMLM),
-        (MuxBertForSequenceClassification, GenericSeq),
-        (MuxBertForTokenClassification, GenericTok),
-    ]
-    inputs = make_inputs(batch=5)
-    for bert_cls, generic_cls in pairs:
-        config = tiny_config(num_instances=2, num_labels=3, retrieval_loss_coeff=0.1)
-        reference = bert_cls(config).eval()
-        generic = generic_cls(config).eval()
-        generic.load_state_dict(reference.state_dict())
-        label_cls = {
-            GenericMLM: MuxElectraForMaskedLM,
-            GenericSeq: MuxElectraForSequenceClassification,
-            GenericTok: MuxElectraForTokenClassification,
-        }[generic_cls]
-        labels = make_labels(label_cls, inputs)
-        with torch.no_grad():
-            a, b = reference(**inputs, labels=labels), generic(**inputs, labels=labels)
-            for field in ("loss", "logits", "task_loss", "retrieval_loss", "retrieval_logits"):
-                torch.testing.assert_close(getattr(b, field), getattr(a, field), rtol=0, atol=0)
-            torch.testing.assert_close(
-                generic.forward_ensemble(**inputs), reference.forward_ensemble(**inputs), rtol=0, atol=0
-            )
-
-
 def test_gradient_checkpointing_and_attention_implementations_agree():
     torch.manual_seed(0)
     config = electra_config(num_instances=2, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

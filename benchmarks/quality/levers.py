@@ -60,6 +60,21 @@ def main(argv=None) -> int:
         default=0.0,
         help="fraction of the steps run with one real instance per mux group (N=1 inside the N model)",
     )
+    parser.add_argument(
+        "--demux-init",
+        default=None,
+        choices=["identity"],
+        help="rsa / prefix demultiplexer: start its hidden projection at the identity and scale its key "
+        "projection by --demux-key-scale, so the warm-started head first reads (nearly) the backbone's states",
+    )
+    parser.add_argument("--demux-key-scale", type=float, default=0.1)
+    parser.add_argument(
+        "--head-from-init",
+        action="store_true",
+        help="warm start from a vanilla fine-tuned sequence classifier: its pooler and classifier become the MUX "
+        "head's dense and out_proj (with --pooling first and --demux-init identity the N>1 model starts as the "
+        "N=1 model applied to the mixture)",
+    )
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--rows", type=int, default=8, help="backbone rows per step (rows x N sequences)")
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -124,6 +139,25 @@ def main(argv=None) -> int:
     if args.instance_layer_from is not None:
         base = model.mux_base
         base.multiplexer.instance_layer.load_state_dict(base.encoder.layer[args.instance_layer_from].state_dict())
+    if args.head_from_init:
+        from safetensors.torch import load_file
+
+        saved = load_file(str(Path(init) / "model.safetensors"))
+        head_map = {
+            "bert.pooler.dense.weight": model.classifier.dense.weight,
+            "bert.pooler.dense.bias": model.classifier.dense.bias,
+            "classifier.weight": model.classifier.out_proj.weight,
+            "classifier.bias": model.classifier.out_proj.bias,
+        }
+        with torch.no_grad():
+            for key, target in head_map.items():
+                target.copy_(saved[key])
+    if args.demux_init == "identity":
+        demux = model.mux_base.demultiplexer
+        with torch.no_grad():
+            demux.hidden_proj.weight.copy_(torch.eye(demux.hidden_proj.weight.shape[0]))
+            demux.hidden_proj.bias.zero_()
+            demux.key_proj.weight.mul_(args.demux_key_scale)
     for item in args.config:
         key, value = item.split("=", 1)
         setattr(model.config, key, json.loads(value))

@@ -17,10 +17,10 @@ from transformers.models.albert.modeling_albert import AlbertEmbeddings, AlbertT
 from .configuration_mux_albert import MuxAlbertConfig
 from .demultiplexing import build_demultiplexer
 from .heads import SequenceClassificationHead, TokenClassificationHead, VocabularyHead
-from .modeling_mux_bert import MuxPreTrainedMixin
 from .modeling_mux_utils import (
     MultiplexedBaseModelMixin,
     MuxMaskedLMMixin,
+    MuxPreTrainedMixin,
     MuxSequenceClassificationMixin,
     MuxTaskModelMixin,
     MuxTokenClassificationMixin,

@@ -1,7 +1,8 @@
 """MUX-BERT: a BERT backbone that runs once for N multiplexed inputs.
 
-Building blocks come from transformers' BERT (embeddings, layers); the multiplexing machinery from
-the shared modules of this folder. Classes: :class:`MuxBertModel` (per-instance features),
+Building blocks come from transformers' BERT (embeddings, layers); the multiplexing machinery, losses and
+task forwards are the shared, backbone-agnostic mixins of :mod:`modeling_mux_utils`: this file builds
+modules and says how BERT embeds and encodes. Classes: :class:`MuxBertModel` (per-instance features),
 :class:`MuxBertForMaskedLM` (MLM + token retrieval; stage 1 and 2),
 :class:`MuxBertForSequenceClassification`, :class:`MuxBertForTokenClassification`.
 """
@@ -9,8 +10,7 @@ the shared modules of this folder. Classes: :class:`MuxBertModel` (per-instance 
 from __future__ import annotations
 
 import torch
-from torch.nn import CrossEntropyLoss
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
@@ -25,70 +25,17 @@ from .heads import (
 )
 from .modeling_mux_utils import (
     LegacyInputRewrite,
-    MultiplexedEncoderMixin,
-    MuxTaskMixin,
+    MultiplexedBaseModelMixin,
+    MuxMaskedLMMixin,
+    MuxPreTrainedMixin,
+    MuxSequenceClassificationMixin,
+    MuxTaskModelMixin,
+    MuxTokenClassificationMixin,
     init_mux_module,
-    pad_rows,
 )
-from .modeling_outputs import MuxModelOutput, MuxTaskOutput
 from .multiplexing import build_multiplexer
 
 _WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
-
-
-class MuxPreTrainedMixin:
-    """`from_pretrained` / `save_pretrained` behaviour shared by every multiplexed model family."""
-
-    # Losses are per-batch means: let Trainer scale them for gradient accumulation.
-    accepts_loss_kwargs = False
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Like `PreTrainedModel.from_pretrained`; refuses an explicit `num_instances` that contradicts
-        the checkpoint (its keys and demultiplexer are sized for its own N).
-
-        A vanilla BERT checkpoint (``model_type`` ``bert``) is accepted: its backbone weights are
-        loaded and the multiplexing modules and heads are freshly initialised (warm start)."""
-        requested = kwargs.get("num_instances")
-        if requested is not None and kwargs.get("config") is None:
-            hub_kwargs = {
-                k: kwargs[k]
-                for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
-                if k in kwargs
-            }
-            saved, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
-            saved_n = saved.get("num_instances")
-            if saved_n is not None and saved_n != requested:
-                raise ValueError(
-                    f"The checkpoint {pretrained_model_name_or_path!s} was trained with num_instances={saved_n}, "
-                    f"but num_instances={requested} was requested. A multiplexed checkpoint only works at its own N; "
-                    "drop the override or pick a checkpoint trained for that N."
-                )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-
-    # Filled by each family: every Auto class -> "module.Class" of the remote-code files.
-    mux_auto_map: dict[str, str] = {}
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save safetensors weights, the config with a complete ``auto_map`` (every Auto class of the
-        family, not only this one) and, when the classes are registered for remote code, the
-        `models/` source files next to them."""
-        if self.mux_auto_map and getattr(type(self), "_auto_class", None) is not None:
-            self.config.auto_map = dict(self.mux_auto_map)
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-        """Hook of transformers' `push_to_hub`, which calls it on the temporary folder it saved the model
-        to, right after writing a generic README.md there. With the mux-plms package installed, that
-        README is replaced by the generated MUX model card; without it (remote-code users) it is kept.
-        The import is optional so these files keep importing nothing outside this folder."""
-        try:
-            from mux_plms.hub.card import write_push_card
-        except ImportError:
-            write_push_card = None
-        if write_push_card is not None:
-            write_push_card(working_dir, repo_id)
-        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
 
 class MuxBertPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
@@ -118,7 +65,7 @@ class MuxBertPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
         init_mux_module(module, self.config.initializer_range)
 
 
-class MuxBertModel(MultiplexedEncoderMixin, MuxBertPreTrainedModel):
+class MuxBertModel(MultiplexedBaseModelMixin, MuxBertPreTrainedModel):
     """Multiplexed BERT encoder returning demultiplexed per-instance states ``(batch, seq_len, hidden)``.
 
     Rows ``kN .. kN+N-1`` of a batch share one backbone pass. Any batch size works: a batch that is
@@ -194,29 +141,8 @@ class MuxBertModel(MultiplexedEncoderMixin, MuxBertPreTrainedModel):
                 all_hidden.append(hidden)
         return hidden, tuple(all_hidden) if all_hidden is not None else None
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MuxModelOutput | tuple:
-        mixed, batch, hidden_states = self.multiplex_encode(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, bool(output_hidden_states)
-        )
-        output = MuxModelOutput(
-            last_hidden_state=self.demultiplex(mixed, batch),
-            mixed_hidden_state=mixed,
-            hidden_states=hidden_states,
-        )
-        return output if return_dict is not False else output.to_tuple()
 
-
-class MuxBertTaskModel(MuxTaskMixin, MuxBertPreTrainedModel):
+class MuxBertTaskModel(MuxTaskModelMixin, MuxBertPreTrainedModel):
     """Common constructor of the task models: the base model plus the token-retrieval head."""
 
     _tied_weights_keys = {"retrieval_head.decoder.weight": _WORD_EMBEDDINGS}
@@ -230,58 +156,8 @@ class MuxBertTaskModel(MuxTaskMixin, MuxBertPreTrainedModel):
     def mux_base(self) -> MuxBertModel:
         return self.bert
 
-    def _run(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states):
-        return self.bert.multiplex_encode(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, bool(output_hidden_states)
-        )
 
-    def _output(self, logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict):
-        retrieval_loss = retrieval_logits = None
-        if self.wants_retrieval_loss(labels, retrieval_instance_ids):
-            retrieval_loss, retrieval_logits = self.retrieval_loss(mixed, batch, retrieval_instance_ids)
-        output = MuxTaskOutput(
-            loss=self.combine_losses(task_loss, retrieval_loss),
-            logits=logits,
-            task_loss=task_loss,
-            retrieval_loss=retrieval_loss,
-            retrieval_logits=retrieval_logits,
-            hidden_states=hidden_states,
-        )
-        return output if return_dict is not False else output.to_tuple()
-
-    @torch.no_grad()
-    def forward_ensemble(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs) -> torch.Tensor:
-        """Ensembled inference: every example visits each of the N slots of its mux group once
-        (N passes over the batch, i.e. about one un-multiplexed pass per example) and its N logits
-        are averaged. Returns the averaged logits, one row per input, in input order."""
-        n = self.config.num_instances
-        reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-        batch_size = reference.shape[0]
-        groups = (batch_size + n - 1) // n
-        padded = groups * n
-        pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
-        rows = padded - batch_size
-        if attention_mask is None:
-            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-        tensors = {
-            "input_ids": pad_rows(input_ids, rows, pad_id),
-            "attention_mask": pad_rows(attention_mask, rows, 0),
-            "token_type_ids": pad_rows(token_type_ids, rows, 0),
-            "inputs_embeds": pad_rows(kwargs.pop("inputs_embeds", None), rows, 0.0),
-        }
-        base = torch.arange(groups, device=reference.device)[:, None] * n
-        total = None
-        for shift in range(n):
-            order = (base + (torch.arange(n, device=reference.device) + shift) % n).reshape(-1)
-            inputs = {k: v[order] for k, v in tensors.items() if v is not None}
-            logits = self(**inputs, **kwargs).logits
-            restored = torch.empty_like(logits)
-            restored[order] = logits
-            total = restored if total is None else total + restored
-        return (total / n)[:batch_size]
-
-
-class MuxBertForMaskedLM(MuxBertTaskModel):
+class MuxBertForMaskedLM(MuxMaskedLMMixin, MuxBertTaskModel):
     """MLM over the demultiplexed states plus the auxiliary token-retrieval loss.
 
     With ``task_loss_coeff = 0`` it is the stage-1 token-retrieval model (no MLM head computed)."""
@@ -302,51 +178,8 @@ class MuxBertForMaskedLM(MuxBertTaskModel):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head.decoder = new_embeddings
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        retrieval_instance_ids: torch.Tensor | None = None,
-        logits_at_labels_only: bool = False,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MuxTaskOutput | tuple:
-        r"""
-        labels: MLM targets ``(batch, seq_len)``, -100 where no prediction is asked.
-        retrieval_instance_ids: ``(ceil(batch / N), seq_len)``: which instance of each mux group is asked
-            for its token at each position by the retrieval loss (default: ``(group + position) mod N``).
-        logits_at_labels_only: with labels, return logits only at labelled positions, packed as
-            ``(num_labelled, vocab)`` (saves the vocabulary projection elsewhere; used in pre-training).
-        """
-        mixed, batch, hidden_states = self._run(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
-        )
-        logits = task_loss = None
-        if self.config.task_loss_coeff > 0 or labels is not None:
-            states = self.bert.demultiplex(mixed, batch)
-            if labels is not None:
-                self.check_token_labels(labels, states.shape[:2])
-                labels = batch.ignore_truncated(self.class_ids(labels, "MLM labels"))  # truncation: legacy only
-            if logits_at_labels_only and labels is not None:
-                selected = labels != -100
-                logits = self.lm_head(states[selected])
-                if selected.any():
-                    task_loss = CrossEntropyLoss()(logits, labels[selected])
-                else:
-                    task_loss = logits.sum() * 0.0
-            else:
-                logits = self.lm_head(states)
-                if labels is not None:
-                    task_loss = CrossEntropyLoss()(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)
 
-
-class MuxBertForSequenceClassification(MuxBertTaskModel):
+class MuxBertForSequenceClassification(MuxSequenceClassificationMixin, MuxBertTaskModel):
     """Sequence classification / regression on each instance's demultiplexed first-token state (or, with
     ``config.sequence_pooling="mean"``, the mean of its demultiplexed token states)."""
 
@@ -356,32 +189,8 @@ class MuxBertForSequenceClassification(MuxBertTaskModel):
         self.classifier = build_sequence_classification_head(config)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        retrieval_instance_ids: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MuxTaskOutput | tuple:
-        r"""
-        labels: ``(batch,)`` class ids (single-label), ``(batch, num_labels)`` floats (multi-label), or
-            ``(batch,)`` floats for regression (``num_labels == 1``).
-        """
-        mixed, batch, hidden_states = self._run(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
-        )
-        logits = self.classifier(self.sequence_states(mixed, batch, attention_mask))
-        task_loss = self.sequence_classification_loss(logits, labels) if labels is not None else None
-        return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)
 
-
-class MuxBertForTokenClassification(MuxBertTaskModel):
+class MuxBertForTokenClassification(MuxTokenClassificationMixin, MuxBertTaskModel):
     """Token classification (NER, POS) on every demultiplexed token state."""
 
     def __init__(self, config: MuxBertConfig):
@@ -389,34 +198,6 @@ class MuxBertForTokenClassification(MuxBertTaskModel):
         self.num_labels = config.num_labels
         self.classifier = TokenClassificationHead(config)
         self.post_init()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        retrieval_instance_ids: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MuxTaskOutput | tuple:
-        r"""
-        labels: ``(batch, seq_len)`` class ids, -100 where no prediction is asked (padding, sub-words).
-        """
-        mixed, batch, hidden_states = self._run(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
-        )
-        states = self.bert.demultiplex(mixed, batch)
-        logits = self.classifier(states)
-        task_loss = None
-        if labels is not None:
-            self.check_token_labels(labels, logits.shape[:2])
-            labels = self.class_ids(labels, "Token classification labels")
-            task_loss = CrossEntropyLoss()(logits.reshape(-1, self.num_labels), labels.reshape(-1))
-        return self._output(logits, task_loss, mixed, batch, labels, retrieval_instance_ids, hidden_states, return_dict)
 
 
 __all__ = [

@@ -30,10 +30,10 @@ from .heads import (
     TokenClassificationHead,
     VocabularyHead,
 )
-from .modeling_mux_bert import MuxPreTrainedMixin
 from .modeling_mux_utils import (
     MultiplexedBaseModelMixin,
     MuxMaskedLMMixin,
+    MuxPreTrainedMixin,
     MuxSequenceClassificationMixin,
     MuxTaskModelMixin,
     MuxTokenClassificationMixin,

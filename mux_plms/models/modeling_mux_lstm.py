@@ -27,10 +27,10 @@ from transformers import initialization as init
 from .configuration_mux_lstm import MuxLstmConfig
 from .demultiplexing import build_demultiplexer
 from .heads import SequenceClassificationHead, TokenClassificationHead, VocabularyHead
-from .modeling_mux_bert import MuxPreTrainedMixin
 from .modeling_mux_utils import (
     MultiplexedBaseModelMixin,
     MuxMaskedLMMixin,
+    MuxPreTrainedMixin,
     MuxSequenceClassificationMixin,
     MuxTaskModelMixin,
     MuxTokenClassificationMixin,

@@ -16,10 +16,10 @@ from transformers.models.roberta.modeling_roberta import RobertaEmbeddings, Robe
 from .configuration_mux_roberta import MuxRobertaConfig
 from .demultiplexing import build_demultiplexer
 from .heads import SequenceClassificationHead, TokenClassificationHead, VocabularyHead
-from .modeling_mux_bert import MuxPreTrainedMixin
 from .modeling_mux_utils import (
     MultiplexedBaseModelMixin,
     MuxMaskedLMMixin,
+    MuxPreTrainedMixin,
     MuxSequenceClassificationMixin,
     MuxTaskModelMixin,
     MuxTokenClassificationMixin,

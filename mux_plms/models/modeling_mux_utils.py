@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import PreTrainedConfig
 from transformers import initialization as init
 
 from .demultiplexing import (
@@ -400,6 +401,61 @@ def init_mux_module(module: nn.Module, std: float) -> None:
         init.zeros_(module.bias)
 
 
+class MuxPreTrainedMixin:
+    """`from_pretrained` / `save_pretrained` behaviour shared by every multiplexed model family."""
+
+    # Losses are per-batch means: let Trainer scale them for gradient accumulation.
+    accepts_loss_kwargs = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Like `PreTrainedModel.from_pretrained`; refuses an explicit `num_instances` that contradicts
+        the checkpoint (its keys and demultiplexer are sized for its own N).
+
+        A vanilla BERT checkpoint (``model_type`` ``bert``) is accepted: its backbone weights are
+        loaded and the multiplexing modules and heads are freshly initialised (warm start)."""
+        requested = kwargs.get("num_instances")
+        if requested is not None and kwargs.get("config") is None:
+            hub_kwargs = {
+                k: kwargs[k]
+                for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download")
+                if k in kwargs
+            }
+            saved, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            saved_n = saved.get("num_instances")
+            if saved_n is not None and saved_n != requested:
+                raise ValueError(
+                    f"The checkpoint {pretrained_model_name_or_path!s} was trained with num_instances={saved_n}, "
+                    f"but num_instances={requested} was requested. A multiplexed checkpoint only works at its own N; "
+                    "drop the override or pick a checkpoint trained for that N."
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    # Filled by each family: every Auto class -> "module.Class" of the remote-code files.
+    mux_auto_map: dict[str, str] = {}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save safetensors weights, the config with a complete ``auto_map`` (every Auto class of the
+        family, not only this one) and, when the classes are registered for remote code, the
+        `models/` source files next to them."""
+        if self.mux_auto_map and getattr(type(self), "_auto_class", None) is not None:
+            self.config.auto_map = dict(self.mux_auto_map)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        """Hook of transformers' `push_to_hub`, which calls it on the temporary folder it saved the model
+        to, right after writing a generic README.md there. With the mux-plms package installed, that
+        README is replaced by the generated MUX model card; without it (remote-code users) it is kept.
+        The import is optional so these files keep importing nothing outside this folder."""
+        try:
+            from mux_plms.hub.card import write_push_card
+        except ImportError:
+            write_push_card = None
+        if write_push_card is not None:
+            write_push_card(working_dir, repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------------
 # Backbone-agnostic models. A family (BERT, ELECTRA, ...) combines these mixins with its own
 # `PreTrainedModel` subclass, which builds the modules; the forward passes below never name a backbone.
@@ -538,7 +594,8 @@ class MuxMaskedLMMixin(MuxTaskModelMixin):
 
 class MuxSequenceClassificationMixin(MuxTaskModelMixin):
     """``forward`` of a sequence classification / regression model (requires ``self.classifier``) on each
-    instance's demultiplexed first-token state."""
+    instance's demultiplexed first-token state (or, with ``config.sequence_pooling="mean"``, the mean of its
+    demultiplexed token states)."""
 
     def forward(
         self,

@@ -31,8 +31,7 @@ from transformers.activations import ACT2FN
 from .configuration_mux_vision import VISION_BACKBONES, MuxVisionConfig, validate_vision_fields
 from .demultiplexing import build_demultiplexer
 from .heads import SequenceClassificationHead
-from .modeling_mux_bert import MuxPreTrainedMixin
-from .modeling_mux_utils import MuxTaskMixin, init_mux_module, pad_rows
+from .modeling_mux_utils import MuxPreTrainedMixin, MuxTaskMixin, init_mux_module, pad_rows
 from .modeling_outputs import MuxTaskOutput
 from .multiplexing import build_multiplexer
 
