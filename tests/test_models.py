@@ -377,3 +377,46 @@ def test_shared_position_mixing_keys_the_word_embeddings_only(tiny):
         tiny(position_mixing="per_instance")
     with pytest.raises(ValueError, match=r"position_mixing='shared' mixes word embeddings, but instance_layers"):
         tiny(position_mixing="shared", instance_layers=1)
+
+
+def test_a_registered_plugin_variant_is_accepted_end_to_end(tmp_path):
+    """The registries drive validation: a multiplexer registered by user code is a valid muxing_variant of
+    every family's config, trains, saves and loads; unregistered names are refused, naming the registered ones."""
+    from mux_plms.models import multiplexing
+    from mux_plms.models.multiplexing import MULTIPLEXERS, GaussianHadamardMultiplexer, register_multiplexer
+
+    @register_multiplexer("negated_hadamard")
+    class NegatedHadamard(GaussianHadamardMultiplexer):
+        description = "binary chunks, the second instance negated"
+
+        def make_keys(self, generator):
+            keys = torch.ones(self.num_instances, self.hidden_size)
+            keys[1::2] = -1.0
+            return keys
+
+    try:
+        assert "negated_hadamard" in multiplexing.muxing_variants()
+        config = tiny_config(num_instances=2, num_labels=2, muxing_variant="negated_hadamard", demuxing_variant="rsa")
+        torch.manual_seed(0)
+        model = MuxBertForSequenceClassification(config)
+        assert isinstance(model.bert.multiplexer, NegatedHadamard)
+        inputs = make_inputs(batch=4)
+        labels = torch.tensor([0, 1, 1, 0])
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        before = model(**inputs, labels=labels).loss.item()
+        for _ in range(5):
+            optimizer.zero_grad()
+            model(**inputs, labels=labels).loss.backward()
+            optimizer.step()
+        model.eval()
+        assert model(**inputs, labels=labels).loss.item() < before
+        model.save_pretrained(tmp_path)
+        loaded = MuxBertForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert loaded.config.muxing_variant == "negated_hadamard"
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+    finally:
+        del MULTIPLEXERS["negated_hadamard"]
+    with pytest.raises(ValueError, match=r"muxing_variant must be one of gaussian_hadamard, .*contextual; got 'neg"):
+        tiny_config(muxing_variant="negated_hadamard")
+    assert "legacy_contextual" not in multiplexing.muxing_variants()  # built only by the legacy options

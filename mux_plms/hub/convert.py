@@ -36,13 +36,13 @@ ARCHITECTURES: dict[str, tuple[str, type]] = {
     "MuxedBertForSequenceClassification": ("seqcls", MuxBertForSequenceClassification),
     "MuxedBertForTokenClassification": ("tokcls", MuxBertForTokenClassification),
 }
-MUXING_VARIANTS = {
+LEGACY_MUXING_NAMES = {
     "gaussian_hadamard": "gaussian_hadamard",
     "binary_hadamard": "binary_hadamard",
     "random_ortho": "random_ortho",
     "gaussian_attention_v2": "contextual",
 }
-DEMUXING_VARIANTS = {"index_pos": "rsa", "index": "prefix"}
+LEGACY_DEMUXING_NAMES = {"index_pos": "rsa", "index": "prefix"}
 # How each original class runs the cross-instance layer of `gaussian_attention_v2` (`muxing_attention_2`):
 # its sequence-classification forward passes the instances' padding mask, its MLM and token-classification
 # forwards call the layer without a mask.
@@ -310,13 +310,13 @@ def _architecture(config: dict) -> tuple[str, str, type]:
 def _convert_config(legacy: dict, kind: str) -> tuple[dict, dict, list[str]]:
     """``(MuxBertConfig kwargs, the legacy options among them, config keys ignored)``."""
     muxing, demuxing = legacy.get("muxing_variant"), legacy.get("demuxing_variant")
-    if muxing not in MUXING_VARIANTS:
+    if muxing not in LEGACY_MUXING_NAMES:
         raise LegacyCheckpointError(
-            f"Unsupported muxing_variant {muxing!r}: the converter handles {', '.join(MUXING_VARIANTS)}"
+            f"Unsupported muxing_variant {muxing!r}: the converter handles {', '.join(LEGACY_MUXING_NAMES)}"
         )
-    if demuxing not in DEMUXING_VARIANTS:
+    if demuxing not in LEGACY_DEMUXING_NAMES:
         raise LegacyCheckpointError(
-            f"Unsupported demuxing_variant {demuxing!r}: the converter handles {', '.join(DEMUXING_VARIANTS)}"
+            f"Unsupported demuxing_variant {demuxing!r}: the converter handles {', '.join(LEGACY_DEMUXING_NAMES)}"
         )
     if muxing == "gaussian_attention_v2" and demuxing == "index":
         raise LegacyCheckpointError(
@@ -330,8 +330,8 @@ def _convert_config(legacy: dict, kind: str) -> tuple[dict, dict, list[str]]:
     kwargs = {key: legacy[key] for key in PASSTHROUGH_CONFIG_KEYS if key in legacy}
     kwargs.update(
         num_instances=n,
-        muxing_variant=MUXING_VARIANTS[muxing],
-        demuxing_variant=DEMUXING_VARIANTS[demuxing],
+        muxing_variant=LEGACY_MUXING_NAMES[muxing],
+        demuxing_variant=LEGACY_DEMUXING_NAMES[demuxing],
         num_hidden_demux_layers=demux_layers,
         gaussian_hadamard_norm=legacy.get("gaussian_hadamard_norm", 1.0),
         binary_hadamard_epsilon=legacy.get("binary_hadamard_epsilon", 0.0),

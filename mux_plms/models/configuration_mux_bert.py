@@ -12,8 +12,13 @@ from dataclasses import dataclass
 from huggingface_hub.dataclasses import strict
 from transformers import BertConfig
 
-MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "contextual")
-DEMUXING_VARIANTS = ("rsa", "prefix", "mlp")
+from .demultiplexing import demuxing_variants
+from .multiplexing import muxing_variants
+
+# The built-in variants. A configuration accepts whatever the registries hold (`register_multiplexer`,
+# `register_demultiplexer`), plug-ins included: validation reads `muxing_variants()` / `demuxing_variants()`.
+MUXING_VARIANTS = muxing_variants()
+DEMUXING_VARIANTS = demuxing_variants()
 SEQUENCE_POOLINGS = ("first", "mean")
 POSITION_MIXINGS = ("keyed", "shared")
 
@@ -34,8 +39,10 @@ class MultiplexingConfigMixin:
 
     Args:
         num_instances: N, the number of inputs mixed into one backbone row (>= 1).
-        muxing_variant: how N embedded sequences are mixed: one of ``MUXING_VARIANTS``.
-        demuxing_variant: how the mixed hidden states are split back: one of ``DEMUXING_VARIANTS``.
+        muxing_variant: how N embedded sequences are mixed: a name registered with ``register_multiplexer``
+            (built in: ``MUXING_VARIANTS``).
+        demuxing_variant: how the mixed hidden states are split back: a name registered with
+            ``register_demultiplexer`` (built in: ``DEMUXING_VARIANTS``).
         num_hidden_demux_layers: depth of the demultiplexer MLP (>= 1).
         gaussian_hadamard_norm: L2 norm of each Gaussian instance key.
         binary_hadamard_epsilon: overlap (fraction of a chunk, in [0, 1]) of the binary keys.
@@ -142,11 +149,11 @@ def validate_multiplexing_fields(config) -> None:
     n = config.num_instances
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"num_instances must be an integer >= 1, got {n!r}")
-    if config.muxing_variant not in MUXING_VARIANTS:
-        raise ValueError(f"muxing_variant must be one of {', '.join(MUXING_VARIANTS)}; got {config.muxing_variant!r}")
-    if config.demuxing_variant not in DEMUXING_VARIANTS:
+    if config.muxing_variant not in muxing_variants():
+        raise ValueError(f"muxing_variant must be one of {', '.join(muxing_variants())}; got {config.muxing_variant!r}")
+    if config.demuxing_variant not in demuxing_variants():
         raise ValueError(
-            f"demuxing_variant must be one of {', '.join(DEMUXING_VARIANTS)}; got {config.demuxing_variant!r}"
+            f"demuxing_variant must be one of {', '.join(demuxing_variants())}; got {config.demuxing_variant!r}"
         )
     pooling = getattr(config, "sequence_pooling", "first")
     if pooling not in SEQUENCE_POOLINGS:

@@ -11,9 +11,17 @@ from .configuration_mux_bert import (
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
 )
+from .demultiplexing import DEMULTIPLEXERS, demuxing_variants
 
 VISION_BACKBONES = ("mlp", "cnn")
-VISION_DEMUXING_VARIANTS = ("rsa", "mlp")
+
+
+def vision_demuxing_variants() -> tuple[str, ...]:
+    """The registered demultiplexers that work on images: those that prepend no token ids."""
+    return tuple(name for name in demuxing_variants() if not DEMULTIPLEXERS[name].needs_input_ids)
+
+
+VISION_DEMUXING_VARIANTS = vision_demuxing_variants()  # the built-in ones
 
 
 @strict
@@ -86,10 +94,10 @@ class MuxVisionConfig(CheckpointOverrideGuard, PreTrainedConfig, MultiplexingCon
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.demuxing_variant not in VISION_DEMUXING_VARIANTS:
+        if self.demuxing_variant in DEMULTIPLEXERS and self.demuxing_variant not in vision_demuxing_variants():
             raise ValueError(
-                f"demuxing_variant must be one of {', '.join(VISION_DEMUXING_VARIANTS)} for images (the prefix "
-                f"demultiplexer needs token ids); got {self.demuxing_variant!r}"
+                f"demuxing_variant must be one of {', '.join(vision_demuxing_variants())} for images (the "
+                f"{self.demuxing_variant} demultiplexer needs token ids); got {self.demuxing_variant!r}"
             )
         validate_multiplexing_fields(self)
         validate_vision_fields(self)

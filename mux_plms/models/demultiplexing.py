@@ -17,10 +17,13 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 DEMULTIPLEXERS: dict[str, type[Demultiplexer]] = {}
+LEGACY_PREFIX = "legacy_"  # registered names built only by the legacy options of converted checkpoints
 
 
 def register_demultiplexer(name: str):
-    """Class decorator adding a demultiplexer to :data:`DEMULTIPLEXERS` under `name`."""
+    """Class decorator adding a demultiplexer to :data:`DEMULTIPLEXERS` under `name`. A registered name is a
+    valid ``demuxing_variant`` of every configuration (names starting with ``legacy_`` are built only by the
+    legacy options of converted checkpoints). The class's ``description`` (one sentence) goes into model cards."""
 
     def wrap(cls):
         cls.variant = name
@@ -28,6 +31,11 @@ def register_demultiplexer(name: str):
         return cls
 
     return wrap
+
+
+def demuxing_variants() -> tuple[str, ...]:
+    """The ``demuxing_variant`` values a configuration accepts: every registered demultiplexer but the legacy ones."""
+    return tuple(name for name in DEMULTIPLEXERS if not name.startswith(LEGACY_PREFIX))
 
 
 def demultiplexer_class(config) -> type[Demultiplexer]:
@@ -39,7 +47,7 @@ def demultiplexer_class(config) -> type[Demultiplexer]:
         return DEMULTIPLEXERS[name]
     except KeyError:
         raise ValueError(
-            f"demuxing_variant must be one of {', '.join(DEMULTIPLEXERS)}; got {config.demuxing_variant!r}"
+            f"demuxing_variant must be one of {', '.join(demuxing_variants())}; got {config.demuxing_variant!r}"
         ) from None
 
 
@@ -58,6 +66,10 @@ def prefix_length(config) -> int:
 
 class Demultiplexer(nn.Module):
     variant: str = ""
+    #: One sentence for model cards: how the per-instance states are recovered.
+    description: str = ""
+    #: True when the variant prepends token ids (it cannot read ``inputs_embeds`` or images).
+    needs_input_ids: bool = False
 
     def __init__(self, config):
         super().__init__()
@@ -146,6 +158,11 @@ class KeyConditionedDemultiplexer(Demultiplexer):
 class RSADemultiplexer(KeyConditionedDemultiplexer):
     """RSA demultiplexing: a learned private key per instance (``instance_keys``, ``(N, H)``)."""
 
+    description = (
+        "a learned private key per instance is concatenated with the mixed hidden state and an MLP turns "
+        "the pair into that instance's hidden state"
+    )
+
     def __init__(self, config):
         super().__init__(config)
         self.instance_keys = nn.Parameter(torch.empty(config.num_instances, config.hidden_size))
@@ -159,6 +176,12 @@ class PrefixDemultiplexer(KeyConditionedDemultiplexer):
     """Prefix demultiplexing (MUX-PLMs): instance i is prefixed with N tokens, all fillers except its
     own index token in slot i. In the mixture, slot i therefore carries only instance i's index token,
     and the backbone's hidden state at slot i is instance i's key."""
+
+    description = (
+        "every instance is prefixed with N tokens (fillers, with its own index token in its own slot); "
+        "the backbone's output at that slot is the instance's key, combined with the mixed states by an MLP"
+    )
+    needs_input_ids = True
 
     def __init__(self, config):
         super().__init__(config)
@@ -197,6 +220,8 @@ class PrefixDemultiplexer(KeyConditionedDemultiplexer):
 @register_demultiplexer("mlp")
 class MLPDemultiplexer(Demultiplexer):
     """DataMUX's MLP demultiplexing: a private MLP per instance (weights batched as ``(N, H, H)``)."""
+
+    description = "DataMUX's demultiplexer: a private MLP per instance reads the mixed hidden state"
 
     def __init__(self, config):
         super().__init__(config)
@@ -273,5 +298,6 @@ __all__ = [
     "register_demultiplexer",
     "build_demultiplexer",
     "demultiplexer_class",
+    "demuxing_variants",
     "prefix_length",
 ]

@@ -21,10 +21,13 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertLayer
 
 MULTIPLEXERS: dict[str, type[Multiplexer]] = {}
+LEGACY_PREFIX = "legacy_"  # registered names built only by the legacy options of converted checkpoints
 
 
 def register_multiplexer(name: str):
-    """Class decorator adding a multiplexer to :data:`MULTIPLEXERS` under `name`."""
+    """Class decorator adding a multiplexer to :data:`MULTIPLEXERS` under `name`. A registered name is a valid
+    ``muxing_variant`` of every configuration (names starting with ``legacy_`` are built only by the legacy
+    options of converted checkpoints). The class's ``description`` (one sentence) goes into model cards."""
 
     def wrap(cls):
         cls.variant = name
@@ -32,6 +35,11 @@ def register_multiplexer(name: str):
         return cls
 
     return wrap
+
+
+def muxing_variants() -> tuple[str, ...]:
+    """The ``muxing_variant`` values a configuration accepts: every registered multiplexer but the legacy ones."""
+    return tuple(name for name in MULTIPLEXERS if not name.startswith(LEGACY_PREFIX))
 
 
 def build_multiplexer(config, hidden_size: int | None = None) -> Multiplexer:
@@ -43,7 +51,7 @@ def build_multiplexer(config, hidden_size: int | None = None) -> Multiplexer:
         cls = MULTIPLEXERS[name]
     except KeyError:
         raise ValueError(
-            f"muxing_variant must be one of {', '.join(MULTIPLEXERS)}; got {config.muxing_variant!r}"
+            f"muxing_variant must be one of {', '.join(muxing_variants())}; got {config.muxing_variant!r}"
         ) from None
     return cls(config, hidden_size or config.hidden_size)
 
@@ -63,6 +71,8 @@ class Multiplexer(nn.Module):
     through ``nn.Module.__call__``, so forward hooks (profiling, user hooks) see either path."""
 
     variant: str = ""
+    #: One sentence for model cards: how the N instances are mixed.
+    description: str = ""
 
     def __init__(self, config, hidden_size: int):
         super().__init__()
@@ -121,6 +131,11 @@ def gaussian_keys(n: int, d: int, norm: float, generator: torch.Generator) -> to
 class GaussianHadamardMultiplexer(KeyedMultiplexer):
     """Elementwise product with a fixed Gaussian key of norm ``gaussian_hadamard_norm``, then the mean."""
 
+    description = (
+        "each instance's embeddings are multiplied elementwise by a fixed random Gaussian key "
+        "(one key per instance) and the N products are averaged"
+    )
+
     def make_keys(self, generator):
         return gaussian_keys(self.num_instances, self.hidden_size, self.config.gaussian_hadamard_norm, generator)
 
@@ -146,6 +161,11 @@ class GaussianHadamardMultiplexer(KeyedMultiplexer):
 class BinaryHadamardMultiplexer(GaussianHadamardMultiplexer):
     """Each instance keeps its own chunk of the hidden dimensions (chunks overlap by ``epsilon``)."""
 
+    description = (
+        "each instance's embeddings are multiplied elementwise by a fixed binary key that keeps "
+        "its own chunk of the hidden dimensions, and the N products are averaged"
+    )
+
     def make_keys(self, generator):
         n, d = self.num_instances, self.hidden_size
         chunk = d // n
@@ -161,6 +181,11 @@ class BinaryHadamardMultiplexer(GaussianHadamardMultiplexer):
 @register_multiplexer("random_ortho")
 class RandomOrthogonalMultiplexer(KeyedMultiplexer):
     """A fixed random orthogonal matrix per instance; the mixture is the sum divided by sqrt(N)."""
+
+    description = (
+        "each instance's embeddings are rotated by a fixed random orthogonal matrix (one per "
+        "instance) and the N results are summed and scaled by 1/sqrt(N)"
+    )
 
     def make_keys(self, generator):
         d = self.hidden_size
@@ -184,6 +209,11 @@ class ContextualMultiplexer(GaussianHadamardMultiplexer):
     3. a Transformer layer across the N instances at each position, plus a residual;
     4. the mean over instances.
     """
+
+    description = (
+        "the MUX-PLMs contextual multiplexer: a Transformer layer within each instance, a Hadamard "
+        "product with the instance's key, a Transformer layer across the N instances at each position, then the mean"
+    )
 
     def __init__(self, config, hidden_size: int):
         super().__init__(config, hidden_size)
@@ -261,4 +291,4 @@ class LegacyContextualMultiplexer(ContextualMultiplexer):
         return additive_mask(mask, across.dtype) if self.mask_across_instances else None
 
 
-__all__ = ["MULTIPLEXERS", "Multiplexer", "register_multiplexer", "build_multiplexer"]
+__all__ = ["MULTIPLEXERS", "Multiplexer", "register_multiplexer", "build_multiplexer", "muxing_variants"]

@@ -297,11 +297,12 @@ def inspect_checkpoint(model_args: MuxModelArguments) -> CheckpointInfo:
             f"--num_instances builds a MUX model from a vanilla {', '.join(classes)} checkpoint; {path} has "
             f"model_type {config.model_type!r}"
         )
-    from mux_plms import DEMUXING_VARIANTS, MUXING_VARIANTS
+    from mux_plms.models.demultiplexing import demuxing_variants
+    from mux_plms.models.multiplexing import muxing_variants
 
     for name, value, allowed in (
-        ("--muxing_variant", model_args.muxing_variant, MUXING_VARIANTS),
-        ("--demuxing_variant", model_args.demuxing_variant, DEMUXING_VARIANTS),
+        ("--muxing_variant", model_args.muxing_variant, muxing_variants()),
+        ("--demuxing_variant", model_args.demuxing_variant, demuxing_variants()),
     ):
         if value is not None and value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
