@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from conftest import TINY, minilm_dir
+from conftest import TINY, minilm_dir, run_without_mux_plms
 from transformers import BertConfig, BertForSequenceClassification, TextClassificationPipeline
 from transformers import pipeline as stock_pipeline
 
@@ -279,6 +279,31 @@ def test_stock_pipeline_with_another_non_multiple_batch_size_warns(tokenizer, ca
         stock(SENTENCES, batch_size=4)
     messages = [r.getMessage() for r in caplog.records if r.name == MODEL_LOGGER]
     assert len(messages) == 1 and "batch_size=4, not a multiple of 3" in messages[0]
+
+
+@pytest.mark.slow
+def test_stock_pipeline_warns_in_a_python_without_mux_plms(tokenizer, tmp_path):
+    """The warning lives in the exported model files: remote-code users (no mux-plms) get it too."""
+    folder = tmp_path / "model"
+    tiny_mux(tokenizer, 2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    code = f"""
+        import logging
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+        model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert "transformers_modules" in type(model).__module__, type(model).__module__
+        tokenizer = AutoTokenizer.from_pretrained({str(folder)!r})
+        pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
+        pipe(["a gripping film", "dull", "great fun"], batch_size=2)
+        print("WHOLE_GROUPS_DONE", flush=True)
+        pipe(["a gripping film", "dull", "great fun"])
+        pipe("one more")
+        print("REMOTE_OK")
+    """
+    result = run_without_mux_plms(code, cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert "REMOTE_OK" in result.stdout
+    assert result.stderr.count("runs in the stock TextClassificationPipeline with batch_size=1") == 1, result.stderr
+    assert "batch_size=2" not in result.stderr
 
 
 def test_registered_tasks_and_saved_pipelines(tokenizer, tmp_path):
