@@ -101,12 +101,14 @@ class MuxPipelineMixin:
                 self._batch_size = self.whole_groups(self._batch_size)
 
     def whole_groups(self, batch_size: int) -> int:
-        """`batch_size` rounded up to a multiple of N (unchanged for N = 1), with a one-line warning once
-        per pipeline and value when it had to be rounded."""
+        """`batch_size` rounded up to a multiple of N, with a one-line warning once per pipeline and value
+        when it had to be rounded. For N = 1 it is returned as given (the stock pipeline's behaviour)."""
+        n = self.num_instances
+        if n == 1:
+            return batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        n = self.num_instances
-        if n == 1 or batch_size % n == 0:
+        if batch_size % n == 0:
             return batch_size
         rounded = -(-batch_size // n) * n
         if batch_size not in self._rounding_warned:
@@ -139,14 +141,32 @@ _BATCHING_NOTE = """
     another order. In eval mode the forward pass is deterministic for a fixed batch order. A single input
     (not a list) is run alone in its group. Vanilla models and N = 1 behave exactly as the stock pipeline.
 """
+_TOKEN_NOTE = """
+    Token classification groups the model's rows: a text longer than the model (``stride``) becomes several
+    consecutive rows. ``aggregation_strategy`` is unchanged: it runs per text, after the forward pass.
+"""
+_STOCK_DOC = """
+    The stock pipeline's documentation follows.
+"""
 
 
 class MuxTextClassificationPipeline(MuxPipelineMixin, TextClassificationPipeline):
-    __doc__ = (TextClassificationPipeline.__doc__ or "") + _BATCHING_NOTE
+    __doc__ = (
+        "MUX-aware ``TextClassificationPipeline``: whole mux groups per forward pass."
+        + _BATCHING_NOTE
+        + _STOCK_DOC
+        + (TextClassificationPipeline.__doc__ or "")
+    )
 
 
 class MuxTokenClassificationPipeline(MuxPipelineMixin, TokenClassificationPipeline):
-    __doc__ = (TokenClassificationPipeline.__doc__ or "") + _BATCHING_NOTE
+    __doc__ = (
+        "MUX-aware ``TokenClassificationPipeline``: whole mux groups per forward pass."
+        + _BATCHING_NOTE
+        + _TOKEN_NOTE
+        + _STOCK_DOC
+        + (TokenClassificationPipeline.__doc__ or "")
+    )
 
 
 # task (stock names, their aliases and the registered MUX names) -> (stock task, MUX-aware class)

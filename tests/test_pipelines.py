@@ -215,6 +215,35 @@ def test_token_pipeline_equals_the_batched_forward_and_aggregates_words(tokenize
     assert any("##" in t for t in tokenizer.tokenize(texts[0]))  # the sentences do split words into pieces
 
 
+def test_token_pipeline_batches_the_stride_chunks_of_long_texts_into_groups(tokenizer):
+    """With `stride`, a long text becomes several rows (chunks); they are batched into mux groups with the
+    other rows, and the aggregated entities still cover the whole text."""
+    from transformers import AutoTokenizer
+
+    n, max_length = 2, 16
+    short = AutoTokenizer.from_pretrained(str(minilm_dir()), model_max_length=max_length)
+    model = tiny_mux(short, n, token=True)
+    long_text = " ".join(NER_SENTENCES)  # about 45 word pieces: several chunks
+    texts = [long_text, NER_SENTENCES[3], NER_SENTENCES[1]]
+    chunks = short(texts, truncation=True, max_length=max_length, stride=4, return_overflowing_tokens=True)
+    rows = len(chunks["input_ids"])
+    assert rows >= len(texts) + 2  # the long text: at least 3 chunks
+    calls = LayerCalls(model)
+    kwargs = {"aggregation_strategy": "first", "stride": 4, "ignore_labels": [], "device": "cpu"}
+    mux = pipeline("token-classification", model=model, tokenizer=short, **kwargs)
+    got = mux(texts)
+    assert calls.take() == [-(-rows // n)]  # every chunk of every text in one pass of whole groups
+    stock = stock_pipeline("token-classification", model=model, tokenizer=short, **kwargs)
+    stock(texts)
+    assert calls.take() == [1] * rows  # stock batch_size=1: one pass per chunk
+    assert repr(got) == repr(stock(texts, batch_size=8 * n))  # the same rows in the same groups
+    covered = set()
+    for entity in got[0]:
+        covered.update(range(entity["start"], entity["end"]))
+    assert {i for i, c in enumerate(long_text) if not c.isspace()} <= covered  # the tail of the text is kept
+    calls.handle.remove()
+
+
 @pytest.mark.parametrize("token", [False, True])
 def test_vanilla_and_n1_models_behave_as_the_stock_pipeline(tokenizer, token, caplog):
     from transformers import BertForTokenClassification
