@@ -8,6 +8,8 @@ demultiplexing. :class:`MuxTaskMixin` holds the losses shared by every task mode
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,9 @@ from .demultiplexing import (
 )
 from .modeling_outputs import MuxModelOutput, MuxTaskOutput
 from .multiplexing import Multiplexer, fix_empty_rows
+
+logger = logging.getLogger(__name__)
+_stock_pipeline_warned = False  # warn_if_run_by_stock_pipeline: once per process
 
 
 @dataclass
@@ -100,6 +105,46 @@ class LegacyInputRewrite:
         return input_ids, attention_mask, token_type_ids
 
 
+def warn_if_run_by_stock_pipeline(num_instances: int) -> None:
+    """Warn once per process when a transformers pipeline that is not MUX-aware runs a multiplexed model with
+    a batch size that is not a multiple of N (its default is 1: each input alone in its mux group).
+
+    Called by forward passes without gradients that pad a group with empty instances. Returns at once when
+    transformers' pipelines are not loaded; otherwise looks for the pipeline in the calling frames (nothing is
+    imported: these files import nothing outside transformers, for remote code). Pipelines with a true
+    ``_mux_aware`` attribute (:mod:`mux_plms.pipelines`) keep groups whole and are left alone."""
+    global _stock_pipeline_warned
+    if _stock_pipeline_warned or "transformers.pipelines.base" not in sys.modules or torch.compiler.is_compiling():
+        return
+    pipe, batch_size = None, 1
+    frame = sys._getframe(1)
+    for _ in range(64):
+        frame = frame.f_back
+        if frame is None:
+            break
+        module, name = frame.f_globals.get("__name__", ""), frame.f_code.co_name
+        if pipe is None and name == "forward" and module == "transformers.pipelines.base":
+            pipe = frame.f_locals.get("self")
+        elif pipe is not None and name == "__next__" and module == "transformers.pipelines.pt_utils":
+            batch_size = getattr(frame.f_locals.get("self"), "loader_batch_size", None) or 1
+            break
+    if pipe is None or getattr(pipe, "_mux_aware", False) or batch_size % num_instances == 0:
+        return
+    _stock_pipeline_warned = True
+    logger.warning(
+        "%s (num_instances=%d) runs in the stock %s with batch_size=%d, not a multiple of %d: mux groups are left "
+        "partly empty (batch_size=1: every input alone, no speed-up) and outputs differ from a batched forward of "
+        "the same inputs (an input's output depends on the inputs sharing its group). Use "
+        "mux_plms.pipelines.pipeline(...) (whole groups, 8*N inputs per batch) or a batch_size multiple of %d.",
+        type(getattr(pipe, "model", None)).__name__,
+        num_instances,
+        type(pipe).__name__,
+        batch_size,
+        num_instances,
+        num_instances,
+    )
+
+
 def pad_rows(tensor: torch.Tensor | None, rows: int, value) -> torch.Tensor | None:
     """Append `rows` rows filled with `value` (internal padding with empty instances)."""
     if tensor is None or rows == 0:
@@ -163,6 +208,8 @@ class MultiplexedEncoderMixin:
                 f"has max_position_embeddings={limit}. Truncate the inputs to at most {limit - prefix_length} tokens."
             )
         padding_rows = (-batch_size) % n
+        if padding_rows and not _stock_pipeline_warned and not torch.is_grad_enabled():
+            warn_if_run_by_stock_pipeline(n)
         pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         input_ids = pad_rows(input_ids, padding_rows, pad_id)
         inputs_embeds = pad_rows(inputs_embeds, padding_rows, 0.0)
