@@ -426,7 +426,7 @@ class FinetuningRecorder:
         steps = int(trainer.state.global_step)
         train_loss = metrics.get("train_loss")
         stage_metrics = {"train_loss": float(train_loss)} if _finite(train_loss) else {}
-        details = {"init": self.model_args.model_name_or_path}
+        details = {"init": _as_recorded(self.model_args.model_name_or_path)}
         if _finite(metrics.get("train_runtime")):
             details["train_seconds"] = float(metrics["train_runtime"])
         record.stages.append(TrainingStage("finetune", steps, str(self.data), stage_metrics, details))
@@ -482,7 +482,7 @@ class FinetuningRecorder:
         record.finetuning = FinetuningRecord(
             task=self.task_type,
             dataset=self.data.name,
-            init=self.model_args.model_name_or_path,
+            init=_as_recorded(self.model_args.model_name_or_path),
             steps=steps,
             learning_rate=float(args.learning_rate),
             num_instances=n,
@@ -495,7 +495,7 @@ class FinetuningRecorder:
             train_batch_size=int(per_step),
             max_seq_length=self.max_seq_length,
             seed=int(args.seed),
-            teacher=self.teacher or None,
+            teacher=_as_recorded(self.teacher),
             metric=self.metric_names[0],
             ensembled=bool(self.eval_args.ensemble),
             baseline=comparison,
@@ -510,6 +510,14 @@ class FinetuningRecorder:
         path = self.build(trainer, metrics).save(Path(trainer.args.output_dir))
         logger.info("Training record: %s", path)
         return path
+
+
+def _as_recorded(name_or_path: str | None) -> str | None:
+    """A checkpoint as the record names it: a local folder by its absolute path (so that no reader mistakes a
+    relative path for a Hub id), anything else as given."""
+    if name_or_path and os.path.exists(name_or_path):
+        return str(Path(name_or_path).resolve())
+    return name_or_path or None
 
 
 def _finite(value: Any) -> bool:
