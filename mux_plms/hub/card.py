@@ -135,7 +135,6 @@ SAMPLE_TEXTS = {
         "a new bridge will connect the two villages",
     ),
 }
-_SAMPLE_TEXTS = SAMPLE_TEXTS["text-classification"]  # the name earlier releases used
 
 TASK_WORDS = {
     "text-classification": "sentence classification",
