@@ -15,6 +15,11 @@ ensemble (`--ensemble`) or group inputs by length (`--group_by_length_eval`).
 With `--teacher_model_name_or_path` (a fine-tuned N=1 model, or a MUX model), training distils it
 (`mux_plms.training.DistillationTrainer`: `--distill_alpha` weighs the task loss, `1 - alpha` the
 temperature-`--distill_temperature` KL to the teacher's logits on the same batch).
+
+With `--do_train`, the output folder also gets `training_record.json` (`mux_plms.records`): the stages of
+the source checkpoint's record, the fine-tuning settings, the evaluation metrics and instances / s, and with
+`--baseline_results N1_OUTPUT_DIR` (an N=1 run on the same evaluation data) the speed-up and the cost in
+points against it. `mux-plms card` / `mux-plms push` render it into the model card.
 """
 
 from __future__ import annotations
@@ -34,13 +39,16 @@ from transformers import (
 
 from mux_plms.data import tasks
 from mux_plms.training.finetune import (
+    FinetuningRecorder,
     check_eval_arguments,
     check_max_seq_length,
     classification_metrics,
+    describe_data,
     evaluate_logits,
     evaluation_settings,
     inspect_checkpoint,
     load_model,
+    metric_prefix,
     parse_arguments,
     train_and_save,
     write_predictions,
@@ -160,6 +168,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return classification_metrics(metric_names, predicted, prediction.label_ids)
 
     metric_names = task.metrics if task else (("pearson", "spearmanr") if labels.is_regression else ("accuracy",))
+    # training_record.json of the fine-tuned model; reads the source record and --baseline_results now
+    recorder = FinetuningRecorder(
+        model_args, eval_args, training_args, task_type="text-classification", metric_names=metric_names,
+        data=describe_data(task, data_args.train_file, data_args.validation_file),
+        max_seq_length=data_args.max_seq_length, eval_split=eval_splits[0] if eval_splits else None,
+        eval_examples=len(data[eval_splits[0]]) if eval_splits else None,
+        teacher=distill_args.teacher_model_name_or_path,
+    )  # fmt: skip
     # With a teacher, DistillationTrainer: its soft labels join the training loss
     trainer_class, distillation = distill_args.trainer_class_and_kwargs(
         "sequence", training_args.do_train, model_args.cache_dir, data_args.max_seq_length
@@ -190,9 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return result, predicted, readable
 
     for split in eval_splits + test_splits:
-        prefix = ("eval" if split in eval_splits else "predict") + (
-            "" if split in ("validation", "test") else f"_{split}"
-        )
+        prefix = metric_prefix(split, "eval" if split in eval_splits else "predict")
         result, predicted, readable = predict(split)
         metrics = result.metrics(prefix)
         references = data[split]["labels"] if "labels" in data[split].column_names else []
@@ -206,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             kind = "eval_predictions" if split in eval_splits else "predict_results"
             write_predictions(os.path.join(training_args.output_dir, f"{kind}_{split}.txt"), readable)
         all_metrics.update(metrics)
+    recorder.write(trainer, all_metrics)
     return all_metrics
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from mux_plms import demo
 from mux_plms.cli import main
+from mux_plms.training.pretrain import read_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -165,7 +166,7 @@ def test_kill_during_stage2_does_not_redo_stage1(tmp_path, capsys):
     stage1 = out / "pretrain_N2" / "stage1_retrieval" / "training_record.json"
     stage2 = out / "pretrain_N2" / "stage2_mlm" / "training_record.json"
     assert stage1.is_file() and not stage2.exists()
-    stage1_entry = json.loads(stage1.read_text())
+    stage1_entry = read_record(stage1.parent)
     stage1_mtime = stage1.stat().st_mtime_ns
     # leftovers of an interrupted stage 2 (an incomplete checkpoint) must not break the resume
     partial = stage2.parent / "checkpoints" / "step_2"
@@ -177,7 +178,7 @@ def test_kill_during_stage2_does_not_redo_stage1(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Stage 1 (retrieval) already finished" in printed
     assert stage1.stat().st_mtime_ns == stage1_mtime
-    record = json.loads(stage2.read_text())
+    record = read_record(stage2.parent)
     assert [e["stage"] for e in record] == ["retrieval", "mlm"]
     assert record[0] == stage1_entry[0]  # stage 2 started from the untouched stage 1 folder
     results = json.loads((out / "results.json").read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest
@@ -20,6 +19,7 @@ from test_pretrain import (
 )
 
 from mux_plms.training.distill_stage import DistillationPair, hidden_distillation_loss, standardize
+from mux_plms.training.pretrain import read_record
 
 __all__ = ["fresh_accelerate_state", "texts"]  # fixtures used here
 
@@ -121,7 +121,7 @@ def test_distill_stage_loss_falls_on_real_text_and_the_teacher_stays_frozen(text
     entry = run(distill_args(texts, out, teacher, logging_steps=1))[0]
     log_losses = entry["final_metrics"]
     assert {"distill_loss", "distill_mse", "distill_cosine", "distill_pooled_cosine"} <= set(log_losses)
-    record = json.loads((out / "stage1_distill" / "training_record.json").read_text())
+    record = read_record(out / "stage1_distill")
     assert record[-1]["stage"] == "distill" and record[-1]["teacher"] == str(teacher)
     assert record[-1]["distillation"] == {"loss": "mse_cosine", "token_coeff": 1.0, "pooled_coeff": 0.0,
                                           "retrieval_coeff": 0.0, "mlm_coeff": 0.0}  # fmt: skip
@@ -209,7 +209,7 @@ def test_retrieval_then_distill_then_mlm_chain_in_the_order_asked(texts, teacher
     out = tmp_path / "chain"
     entries = run(distill_args(texts, out, teacher, stages="retrieval,distill,mlm", max_steps=2))
     assert [e["stage"] for e in entries] == ["retrieval", "distill", "mlm"]
-    record = json.loads((out / "stage3_mlm" / "training_record.json").read_text())
+    record = read_record(out / "stage3_mlm")
     assert [e["stage"] for e in record] == ["retrieval", "distill", "mlm"]
     assert record[1]["init"] == str(out / "stage1_retrieval") and record[1]["teacher"] == str(teacher)
 
@@ -233,7 +233,7 @@ def test_sigkill_during_distillation_then_resume_matches_an_uninterrupted_run(te
     kill_after_checkpoint(command, killed, "stage1_distill", step=10)
 
     resumed = run(distill_args(texts, killed, teacher, resume_from_checkpoint="latest", **common))[0]
-    reference = json.loads((straight / "stage1_distill" / "training_record.json").read_text())[-1]
+    reference = read_record(straight / "stage1_distill")[-1]
     assert resumed["resumed_from"]
     assert (resumed["steps"], resumed["samples"], resumed["tokens"]) == (
         reference["steps"], reference["samples"], reference["tokens"]
@@ -280,7 +280,7 @@ def test_two_cpu_ranks_distil_and_the_folder_loads(texts, teacher, tmp_path):
     env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(launch + flags, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    record = json.loads((out / "stage1_distill" / "training_record.json").read_text())
+    record = read_record(out / "stage1_distill")
     assert record[-1]["stage"] == "distill" and record[-1]["num_processes"] == 2
     assert record[-1]["samples_per_rank"] == [4 * 2 * 2] * 2  # 4 steps x 2 mux rows x N = 2, on each rank
     assert "distill_loss" in record[-1]["final_metrics"]

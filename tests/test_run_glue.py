@@ -263,9 +263,8 @@ def test_two_cpu_ranks_with_torchrun(trained, tmp_path):
     assert result.stderr.count("Model: MuxBertForSequenceClassification, N=2") == 2  # both ranks ran
 
 
-def test_glue_task_goes_through_the_hub_loader(trained, tmp_path, monkeypatch):
-    """--task_name mnli calls load_dataset("nyu-mll/glue", "mnli") (faked here: the Hub is offline) and
-    evaluates both validation splits under their own metric prefixes."""
+def fake_glue_mnli(monkeypatch) -> list:
+    """Replace `datasets.load_dataset` by a tiny MNLI (9 rows per split; the Hub is offline). Returns its calls."""
     import datasets
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
@@ -287,6 +286,13 @@ def test_glue_task_goes_through_the_hub_loader(trained, tmp_path, monkeypatch):
         return DatasetDict({n: split([-1] * 9 if n.startswith("test") else [i % 3 for i in range(9)]) for n in names})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    return calls
+
+
+def test_glue_task_goes_through_the_hub_loader(trained, tmp_path, monkeypatch):
+    """--task_name mnli calls load_dataset("nyu-mll/glue", "mnli") (faked here: the Hub is offline) and
+    evaluates both validation splits under their own metric prefixes."""
+    calls = fake_glue_mnli(monkeypatch)
     out, _ = trained
     metrics = run_glue(
         "--model_name_or_path", out, "--task_name", "mnli", "--do_eval", "--do_predict", "--ignore_mismatched_sizes",
@@ -297,3 +303,148 @@ def test_glue_task_goes_through_the_hub_loader(trained, tmp_path, monkeypatch):
     assert "predict_test_matched_accuracy" not in metrics  # GLUE test labels are -1: nothing to score
     rows = read_predictions(tmp_path / "mnli" / "predict_results_test_mismatched.txt")
     assert len(rows) == 9 and {p for _, p in rows} <= {"entailment", "neutral", "contradiction"}
+    assert not (tmp_path / "mnli" / "training_record.json").exists()  # no training, no model, no record
+
+
+# ---------------------------------------------------------------------------------------------
+# The training record of the fine-tuned model, its card, --baseline_results
+# ---------------------------------------------------------------------------------------------
+def test_the_fine_tuned_model_has_a_training_record(trained):
+    from mux_plms.records import TrainingRecord
+
+    out, metrics = trained
+    record = TrainingRecord.load(out)
+    assert [(s.name, s.steps, s.data) for s in record.stages] == [("finetune", 4, "polarity (shipped with mux-plms)")]
+    assert record.stages[0].metrics == {"train_loss": pytest.approx(metrics["train_loss"])}
+    ft = record.finetuning
+    assert (ft.task, ft.dataset, ft.init, ft.steps, ft.learning_rate) == (
+        "text-classification", "polarity (shipped with mux-plms)", str(out.parent / "tiny"), 4, 1e-3,
+    )  # fmt: skip
+    assert (ft.num_instances, ft.muxing_variant, ft.demuxing_variant) == (2, "gaussian_hadamard", "rsa")
+    assert (ft.train_samples, ft.train_batch_size, ft.max_seq_length, ft.seed, ft.metric) == (48, 8, 32, 0, "accuracy")
+    assert ft.baseline is None and ft.ensembled is False and record.base_model is None
+    assert [(r.metric, r.value, r.split, r.ensembled) for r in record.eval_results] == [
+        ("accuracy", metrics["eval_accuracy"], "validation", False),
+        ("f1", metrics["eval_f1"], "validation", False),
+    ]
+    assert record.throughput.samples_per_second == metrics["eval_instances_per_second"]
+    assert record.throughput.batch_size == 8 and record.throughput.baseline_samples_per_second is None
+    assert record.throughput.device.startswith("cpu (") and "33 validation inputs" in record.throughput.workload
+
+
+def test_a_pushed_fine_tuned_model_card_states_its_metrics_and_throughput(trained, monkeypatch):
+    from huggingface_hub import ModelCard, constants
+
+    from mux_plms.hub import push_to_hub
+    from mux_plms.testing import HubServer
+
+    out, metrics = trained
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the session is offline; the loopback hub is local
+    with HubServer() as hub:
+        push_to_hub(out, "org/polarity-n2", token="t", endpoint=hub.endpoint)
+        files = hub.store.files("model", "org/polarity-n2")
+        readme = hub.store.read("model", "org/polarity-n2", "README.md").decode()
+    assert "training_record.json" in files
+    card = ModelCard(readme)
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [
+        ("accuracy", metrics["eval_accuracy"]), ("f1", metrics["eval_f1"]),
+    ]  # fmt: skip
+    accuracy = f"{metrics['eval_accuracy']:.4g}"
+    assert f"| polarity (shipped with mux-plms) | validation | accuracy | {accuracy} | multiplexed |" in readme
+    assert f"| this model (N = 2) | {metrics['eval_instances_per_second']:,.1f} | - |" in readme
+    assert "the evaluation loop over the 33 validation inputs" in readme
+    assert "Fine-tuned for sentence classification on polarity (shipped with mux-plms): 4 steps" in readme
+    for claim in ("No training record", "untrained", "Not measured"):
+        assert claim not in readme
+
+
+def test_baseline_results_compare_with_an_n1_run(tmp_path):
+    from mux_plms.hub import render_model_card
+    from mux_plms.records import TrainingRecord, TrainingStage
+
+    common = ["--dataset_name", "polarity", "--do_train", "--do_eval", "--max_train_samples", 16, "--max_eval_samples",
+              12, "--max_steps", 2, "--per_device_train_batch_size", 4, "--per_device_eval_batch_size", 4]  # fmt: skip
+    run_glue("--model_name_or_path", make_tiny_bert(tmp_path / "bert"), *common, "--output_dir", tmp_path / "n1")
+    n1 = json.loads((tmp_path / "n1" / "all_results.json").read_text())
+    assert TrainingRecord.load(tmp_path / "n1").finetuning.num_instances == 1
+    mux = make_tiny_checkpoint(tmp_path / "mux", 2)  # a source folder with a record: its stages are inherited
+    retrieval = TrainingStage("retrieval", 100, "ptb", {"retrieval_accuracy": 0.9}, {"stage_index": 1})
+    TrainingRecord(stages=[retrieval], base_model="google-bert/bert-base-uncased").save(mux)
+    metrics = run_glue("--model_name_or_path", mux, *common, "--output_dir", tmp_path / "n2",
+                       "--baseline_results", tmp_path / "n1")  # fmt: skip
+
+    record = TrainingRecord.load(tmp_path / "n2")
+    assert [s.name for s in record.stages] == ["retrieval", "finetune"] and record.stages[0] == retrieval
+    assert record.base_model == "google-bert/bert-base-uncased"
+    baseline = record.finetuning.baseline
+    assert (baseline.metric, baseline.value, baseline.baseline_value) == (
+        "accuracy", metrics["eval_accuracy"], n1["eval_accuracy"],
+    )  # fmt: skip
+    assert baseline.instances_per_second == metrics["eval_instances_per_second"]
+    assert baseline.baseline_instances_per_second == n1["eval_instances_per_second"]
+    assert baseline.speedup == pytest.approx(metrics["eval_instances_per_second"] / n1["eval_instances_per_second"])
+    assert baseline.cost_points == pytest.approx(100 * (n1["eval_accuracy"] - metrics["eval_accuracy"]))
+    assert baseline.source == str(tmp_path / "n1" / "all_results.json")
+    assert record.throughput.baseline_samples_per_second == n1["eval_instances_per_second"]
+    text = render_model_card(tmp_path / "n2").text
+    assert "### Against N = 1" in text and f"| N = 1 run | {n1['eval_accuracy']:.4g} |" in text
+    assert f"This model evaluates {baseline.speedup:.2f}x as many instances per second as the N = 1 run" in text
+    assert "`n1/all_results.json`" in text
+
+    # Every problem with the baseline is reported before training.
+    (tmp_path / "no_metric.json").write_text(json.dumps({"eval_f1": 0.5}))
+    for extra, message in [
+        (["--baseline_results", tmp_path / "missing"], r"missing does not exist"),
+        (["--baseline_results", tmp_path / "no_metric.json"], r"has no eval_accuracy to compare with .*eval_f1"),
+        (["--baseline_results", tmp_path / "n2"], r"comes from a run at N=2; the baseline is an N=1 run"),
+        (["--baseline_results", tmp_path / "n1", "--max_eval_samples", 10], r"evaluated on 12 examples, this run "
+         r"evaluates 10"),
+    ]:  # fmt: skip
+        out = tmp_path / "refused"
+        with pytest.raises(ValueError, match=message):
+            run_glue("--model_name_or_path", mux, *common, *extra, "--output_dir", out)
+        assert not (out / "model.safetensors").exists() and not (out / "train_results.json").exists()
+    with pytest.raises(ValueError, match="--baseline_results needs --do_train and --do_eval"):
+        run_glue("--model_name_or_path", mux, "--dataset_name", "polarity", "--do_train", "--max_steps", 1,
+                 "--baseline_results", tmp_path / "n1", "--output_dir", tmp_path / "refused")  # fmt: skip
+
+
+def test_a_record_per_evaluated_split_and_a_stale_record_is_replaced(trained, tmp_path, monkeypatch):
+    from mux_plms.records import TrainingRecord, TrainingStage
+
+    fake_glue_mnli(monkeypatch)
+    out, _ = trained
+    target = tmp_path / "mnli"
+    TrainingRecord(stages=[TrainingStage("stale", 1)]).save(target)  # left by an earlier run into the folder
+    metrics = run_glue(
+        "--model_name_or_path", out, "--task_name", "mnli", "--do_train", "--do_eval", "--max_steps", 1,
+        "--ignore_mismatched_sizes", "--output_dir", target,
+    )  # fmt: skip
+    record = TrainingRecord.load(target)
+    assert [s.name for s in record.stages] == ["finetune", "finetune"]  # the trained fixture's, then this one
+    assert record.datasets == ["nyu-mll/glue"] and record.finetuning.dataset_config == "mnli"
+    assert [(r.dataset, r.dataset_id, r.dataset_config, r.split, r.value) for r in record.eval_results] == [
+        ("GLUE", "nyu-mll/glue", "mnli", "validation_matched", metrics["eval_validation_matched_accuracy"]),
+        ("GLUE", "nyu-mll/glue", "mnli", "validation_mismatched", metrics["eval_validation_mismatched_accuracy"]),
+    ]
+    assert record.throughput.samples_per_second == metrics["eval_validation_matched_instances_per_second"]
+
+
+def test_a_run_that_dies_after_saving_leaves_no_stale_record(trained, tmp_path, monkeypatch):
+    """The weights are replaced before evaluation: a record of earlier weights must not stay beside them."""
+    import run_glue as script
+
+    from mux_plms.records import TrainingRecord, TrainingStage
+
+    out, _ = trained
+    target = tmp_path / "again"
+    TrainingRecord(stages=[TrainingStage("stale", 1)]).save(target)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed during evaluation")
+
+    monkeypatch.setattr(script, "evaluate_logits", crash)
+    with pytest.raises(RuntimeError, match="killed during evaluation"):
+        run_glue("--model_name_or_path", out, "--dataset_name", "polarity", "--do_train", "--do_eval",
+                 "--max_train_samples", 8, "--max_steps", 1, "--output_dir", target)  # fmt: skip
+    assert (target / "model.safetensors").is_file() and not (target / "training_record.json").exists()

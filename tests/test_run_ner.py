@@ -180,3 +180,25 @@ def test_hub_token_tasks_use_their_real_paths(monkeypatch):
         tasks.load_token_data(task_name="chunk")
     with pytest.raises(ValueError, match="exactly one data source"):
         tasks.load_token_data(task_name="ner", dataset_name="wnut16")
+
+
+def test_the_fine_tuned_token_model_has_a_record_and_a_token_card(trained):
+    from mux_plms.hub import render_model_card
+    from mux_plms.records import TrainingRecord
+
+    out, metrics = trained
+    record = TrainingRecord.load(out)
+    ft = record.finetuning
+    assert (ft.task, ft.dataset, ft.steps, ft.num_instances, ft.metric) == (
+        "token-classification", "wnut16 (shipped with mux-plms)", 3, 2, "f1",
+    )  # fmt: skip
+    assert [(r.metric, r.value) for r in record.eval_results] == [
+        (name, metrics[f"eval_{name}"]) for name in ("f1", "precision", "recall", "accuracy")
+    ]
+    assert record.throughput.samples_per_second == metrics["eval_instances_per_second"]
+    assert "25 validation inputs" in record.throughput.workload
+    text = render_model_card(out, repo_id="org/wnut16-n2").text
+    assert "Fine-tuned for token classification on wnut16 (shipped with mux-plms): 3 steps" in text
+    assert f"| wnut16 (shipped with mux-plms) | validation | f1 | {metrics['eval_f1']:.4g} | multiplexed |" in text
+    assert "Maria Lopez flew from Madrid to Toronto on Monday" in text and "beautifully acted" not in text
+    assert 'AutoTokenizer.from_pretrained("org/wnut16-n2", trust_remote_code=True)' in text

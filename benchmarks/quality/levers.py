@@ -178,11 +178,9 @@ def main(argv=None) -> int:
         with atomic_model_folder(args.save) as partial:
             model.save_pretrained(partial)
             tokenizer.save_pretrained(partial)
-    init_record = []
-    record_path = Path(init) / "training_record.json"
-    if record_path.is_file():
-        init_record = json.loads(record_path.read_text())
-        init_record = init_record if isinstance(init_record, list) else [init_record]
+    from mux_plms.training.pretrain import read_record
+
+    init_record = read_record(init)  # the init folder's stage entries (any training_record.json version)
     line = {
         "name": args.name,
         "task": args.task,

@@ -1,10 +1,12 @@
 """Publishing MUX models: `push_to_hub` (one commit with a generated model card), model cards rendered
-from a template and a training record, and conversion of original MUX-PLMs checkpoints
-(`convert_legacy_checkpoint`, imported on first use)."""
+from a template and a training record (the record classes come from `mux_plms.records`), and conversion of
+original MUX-PLMs checkpoints (`convert_legacy_checkpoint`, imported on first use)."""
 
 from .card import (
     TRAINING_RECORD_FILE,
+    BaselineComparison,
     EvaluationResult,
+    FinetuningRecord,
     ThroughputRecord,
     TrainingRecord,
     TrainingStage,
@@ -15,7 +17,9 @@ from .push import PushError, push_to_hub
 
 __all__ = [
     "TRAINING_RECORD_FILE",
+    "BaselineComparison",
     "EvaluationResult",
+    "FinetuningRecord",
     "PushError",
     "ThroughputRecord",
     "TrainingRecord",

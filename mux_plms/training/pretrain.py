@@ -12,8 +12,8 @@ Per stage (:func:`train_stage`):
    mixed precision; evaluate every ``eval_steps`` (retrieval accuracy overall and per instance slot, MLM accuracy
    and perplexity, RTD accuracy); log to the Accelerate trackers; checkpoint every ``save_steps`` with
    ``accelerator.save_state`` (model, optimizer, scheduler, RNG, progress; the last ``save_total_limit`` kept);
-4. save a complete `save_pretrained` folder: model, tokenizer and ``training_record.json`` (a list with one
-   entry per stage so far).
+4. save a complete `save_pretrained` folder: model, tokenizer and ``training_record.json``
+   (:class:`mux_plms.records.TrainingRecord`: the stages of the init folder's record plus this one).
 
 Resuming (``resume_from_checkpoint='latest'``) skips finished stages, restores the newest complete checkpoint of
 the first unfinished one and skips the batches already seen (``accelerator.skip_first_batches``); the data order
@@ -40,11 +40,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.collators import COLLATORS, MuxCollator
+from ..records import TRAINING_RECORD_FILE, TrainingRecord, TrainingStage, hub_id_or_none
 from ..utils.folders import AtomicFolder
 from .arguments import PretrainingArguments
 from .pretrain_data import IndexedBlocks, load_raw_datasets, prune_vocabulary, tokenize_and_group
 
-RECORD_FILE = "training_record.json"
+RECORD_FILE = TRAINING_RECORD_FILE
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "step_"
 COMPLETE_MARKER = "progress.json"  # written last: a checkpoint without it is incomplete and ignored
@@ -939,14 +940,24 @@ def load_checkpoint(accelerator, checkpoint: Path, progress: TrainingProgress, s
 
 
 def read_record(folder: str | os.PathLike | None) -> list[dict]:
-    """The ``training_record.json`` list of a model folder ([] when absent)."""
+    """The stage entries of a model folder's ``training_record.json``, oldest first, as :func:`train_stage`
+    returns them (``stage``, ``stage_index``, ``steps``, ``data``, ``final_metrics``, ...); [] when the folder
+    has no record. Records of any readable version are read (`mux_plms.records`)."""
     if folder is None:
         return []
-    path = Path(folder) / RECORD_FILE
-    if not path.is_file():
-        return []
-    data = json.loads(path.read_text())
-    return data if isinstance(data, list) else [data]
+    return [stage.to_entry() for stage in TrainingRecord.load(folder, missing_ok=True).stages]
+
+
+def inherited_record(init_source: str | None, args: PretrainingArguments) -> TrainingRecord:
+    """The record a stage starts from: the init folder's stages (its record), base model and data sets; the
+    stage appends itself when it saves. Evaluation and throughput of the init folder are not carried over:
+    they describe other weights. Read before the first step, so that an unreadable record fails early."""
+    record = TrainingRecord.load(init_source, missing_ok=True).continued() if init_source else TrainingRecord()
+    if record.base_model is None and not record.stages:
+        record.base_model = hub_id_or_none(init_source)  # a Hub checkpoint the chain starts from
+    if args.dataset_name and args.dataset_name not in record.datasets:
+        record.datasets.append(args.dataset_name)
+    return record
 
 
 def stage_is_complete(stage_dir: Path, stage: str, index: int) -> bool:
@@ -1019,6 +1030,7 @@ def train_stage(
     started = time.time()
     set_seed(args.seed, device_specific=True)
     ctx = StageContext(args, stage_name, index, init_source, tokenizer)
+    record = inherited_record(init_source, args)
     model = stage.build(ctx)
     freeze_unweighted_heads(model)
     config = mux_config_of(model)
@@ -1223,8 +1235,8 @@ def train_stage(
         entry.update(stage.record(args, model))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(writer.path)
-        history = read_record(init_source)  # the stages that produced the init folder, oldest first
-        (writer.path / RECORD_FILE).write_text(json.dumps(history + [entry], indent=2) + "\n")
+        record.stages.append(TrainingStage.from_entry(entry))
+        record.save(writer.path)
     writer.commit()
     if accelerator.is_main_process:
         print(f"Stage {index} ({stage_name}) done: {stage_dir} " + json.dumps(last_metrics))
@@ -1364,4 +1376,5 @@ __all__ = [
     "check_resume_settings",
     "stage_settings",
     "read_record",
+    "inherited_record",
 ]

@@ -5,6 +5,8 @@ import platform
 import sys
 from pathlib import Path
 
+from mux_plms.records import TrainingRecord
+
 RUNS = {
     "stage1_retrieval_n2": "n2/stage1_retrieval",
     "stage1_retrieval_n5": "n5/stage1_retrieval",
@@ -21,7 +23,7 @@ def main(root: str) -> None:
     for name, folder in RUNS.items():
         path = Path(root) / folder / "training_record.json"
         if path.is_file():
-            entry = json.loads(path.read_text())[-1]
+            entry = TrainingRecord.load(path).stages[-1].to_entry()  # any training_record.json version
             results[name] = {key: entry.get(key) for key in KEYS}
             config = json.loads((path.parent / "config.json").read_text())
             results[name]["model"] = {k: config[k] for k in ("num_hidden_layers", "hidden_size", "vocab_size")}
