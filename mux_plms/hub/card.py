@@ -61,23 +61,18 @@ STAGE_DESCRIPTIONS = {
     "finetune": "stage 3, task fine-tuning",
 }
 
-MUXING_DESCRIPTIONS = {
-    "gaussian_hadamard": "each instance's embeddings are multiplied elementwise by a fixed random Gaussian key "
-    "(one key per instance) and the N products are averaged",
-    "binary_hadamard": "each instance's embeddings are multiplied elementwise by a fixed binary key that keeps "
-    "its own chunk of the hidden dimensions, and the N products are averaged",
-    "random_ortho": "each instance's embeddings are rotated by a fixed random orthogonal matrix (one per "
-    "instance) and the N results are summed and scaled by 1/sqrt(N)",
-    "contextual": "the MUX-PLMs contextual multiplexer: a Transformer layer within each instance, a Hadamard "
-    "product with the instance's key, a Transformer layer across the N instances at each position, then the mean",
-}
-DEMUXING_DESCRIPTIONS = {
-    "rsa": "a learned private key per instance is concatenated with the mixed hidden state and an MLP turns "
-    "the pair into that instance's hidden state",
-    "prefix": "every instance is prefixed with N tokens (fillers, with its own index token in its own slot); "
-    "the backbone's output at that slot is the instance's key, combined with the mixed states by an MLP",
-    "mlp": "DataMUX's demultiplexer: a private MLP per instance reads the mixed hidden state",
-}
+
+def variant_description(name: str, what: str) -> str:
+    """The one-sentence ``description`` of the registered multiplexer (`what` = ``"multiplexer"``) or
+    demultiplexer named `name` (plug-ins included), or a neutral fallback."""
+    if what == "multiplexer":
+        from ..models.multiplexing import MULTIPLEXERS as registry
+    else:
+        from ..models.demultiplexing import DEMULTIPLEXERS as registry
+    description = getattr(registry.get(name), "description", "")
+    return description or f"the custom {what} `{name}`"
+
+
 FAMILY_NAMES = {
     "mux_bert": "MUX-BERT",
     "mux_electra": "MUX-ELECTRA",
@@ -624,9 +619,9 @@ def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
         "pipeline_tag": pipeline_tag,
         "n": n,
         "muxing": muxing,
-        "muxing_description": MUXING_DESCRIPTIONS.get(muxing, f"the custom multiplexer `{muxing}`"),
+        "muxing_description": variant_description(muxing, "multiplexer"),
         "demuxing": demuxing,
-        "demuxing_description": DEMUXING_DESCRIPTIONS.get(demuxing, f"the custom demultiplexer `{demuxing}`"),
+        "demuxing_description": variant_description(demuxing, "demultiplexer"),
         "num_hidden_demux_layers": config.get("num_hidden_demux_layers"),
         "size_facts": _size_facts(config),
         "max_positions": config.get("max_position_embeddings"),
