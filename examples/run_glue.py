@@ -53,6 +53,7 @@ from mux_plms.training.finetune import (
     train_and_save,
     write_predictions,
 )
+from mux_plms.utils.runtime import configure_threads, local_process_count
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, eval_args, distill_args, training_args = parse_arguments(DataTrainingArguments, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    configure_threads(local_process_count(), logger=logger, flag=None)  # torchrun ranks share the cores
 
     # Everything that can be wrong is checked before the model is loaded or trained.
     info = inspect_checkpoint(model_args)

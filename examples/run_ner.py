@@ -54,6 +54,7 @@ from mux_plms.training.finetune import (
     word_level_predictions,
     write_predictions,
 )
+from mux_plms.utils.runtime import configure_threads, local_process_count
 
 logger = logging.getLogger(__name__)
 TAG_COLUMNS = ("ner_tags", "tags", "pos_tags", "upos", "labels", "label")
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, eval_args, distill_args, training_args = parse_arguments(DataTrainingArguments, argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    configure_threads(local_process_count(), logger=logger, flag=None)  # torchrun ranks share the cores
 
     info = inspect_checkpoint(model_args)
     check_eval_arguments(eval_args, info, training_args.per_device_eval_batch_size)

@@ -28,10 +28,40 @@ def mtimes(folder: Path, pattern: str) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.glob(pattern))}
 
 
+def png_text(path: Path) -> dict[str, str]:
+    """The tEXt chunks (metadata) of a PNG file."""
+    import struct
+
+    data, found, at = path.read_bytes(), {}, 8
+    while at < len(data):
+        (length,), kind = struct.unpack(">I", data[at : at + 4]), data[at + 4 : at + 8]
+        if kind == b"tEXt":
+            key, _, value = data[at + 8 : at + 8 + length].partition(b"\0")
+            found[key.decode("latin-1")] = value.decode("latin-1")
+        at += 12 + length
+    return found
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> Path:
+    """One `mux-plms demo --quick` run; everything printed on the terminal (by this process and by the worker
+    processes, which inherit its stdout / stderr) is kept in ``../console.txt``."""
+    import contextlib
+    import sys
+
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert run_demo(out, jobs=2) == 0  # two worker processes: the parallel path of the default run
+    path = out.parent / "console.txt"
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a", buffering=1) as console:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(console.fileno(), 1), os.dup2(console.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+                code = run_demo(out, jobs=2)  # two worker processes: the parallel path of the default run
+        finally:
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+    assert code == 0, path.read_text()[-3000:]
     return out
 
 
@@ -49,12 +79,48 @@ def test_bad_jobs_is_rejected(tmp_path):
         run_demo(tmp_path, jobs=0)
 
 
-def test_in_parallel_runs_stages_in_workers_and_reraises_failures(tmp_path):
+def test_in_parallel_runs_stages_in_workers_and_reraises_failures(tmp_path, capfd):
     runner = demo.Demo(tmp_path, demo.RECIPES["quick"], [2], ["polarity"], jobs=2, threads=1)
     runner.in_parallel([("log", ("worker", "one")), ("log", ("worker", "two"))])
     assert sorted(e["action"] for e in log_entries(tmp_path)) == ["one", "two"]
+    printed = capfd.readouterr().out
+    # milestones on the console, everything else of a worker in its own log file (no interleaved progress bars)
+    assert "[demo] 2 stages in 2 worker processes, 1 torch thread each" in printed
+    assert "[demo] worker: one" in printed and "[demo] worker: two" in printed
+    worker_log = (tmp_path / "logs" / "log_worker_one.log").read_text()
+    assert "torch threads: 1 per process" in worker_log and "worker: one" not in worker_log
     with pytest.raises(AttributeError, match="no_such_stage"):
         runner.in_parallel([("log", ("worker", "three")), ("no_such_stage", ())])
+    assert f"a stage failed; its output: {tmp_path / 'logs' / 'no_such_stage.log'}" in capfd.readouterr().err
+
+
+def test_worker_log_names():
+    assert demo._worker_log_name("finetune", ("polarity", 2, Path("/x/y"))) == "finetune_polarity_N2.log"
+    assert demo._worker_log_name("pretrain", (5,)) == "pretrain_N5.log"
+    assert demo._worker_log_name("log", ("a b", "c/d")) == "log_a_b_c_d.log"
+
+
+def test_only_the_quick_recipe_is_marked_and_cards_get_a_warning(tmp_path):
+    assert demo.Demo(tmp_path, demo.RECIPES["quick"], [2], ["polarity"]).caveat == demo.QUICK_CAVEAT
+    assert demo.Demo(tmp_path, demo.RECIPES["default"], [2], ["polarity"]).caveat is None
+    card = tmp_path / "README.md"
+    card.write_text("---\ntags: [x]\n---\n<!-- c -->\n\n# name\n\nBody.\n")
+    demo.mark_card(card, "SMOKE TEST: meaningless")
+    assert (
+        card.read_text()
+        == "---\ntags: [x]\n---\n<!-- c -->\n\n# name\n\n> **Warning: SMOKE TEST: meaningless**\n\nBody.\n"
+    )
+
+
+def test_plots_carry_the_caveat_only_when_given(tmp_path):
+    rows = [
+        {"task": "polarity", "num_instances": n, "metric": "accuracy", "value": 0.5, "instances_per_second": 10.0 * n}
+        for n in (1, 2)
+    ]
+    for caveat, folder in ((None, tmp_path / "plain"), ("SMOKE TEST: meaningless", tmp_path / "quick")):
+        folder.mkdir()
+        for path in demo.write_plots(rows, folder, caveat=caveat):
+            assert png_text(path).get("Description") == caveat
 
 
 def test_resuming_with_another_recipe_is_refused(tmp_path):
@@ -138,6 +204,39 @@ def test_quick_run_outputs(quick_run):
         assert record["throughput"]["samples_per_second"] == pytest.approx(row["instances_per_second"])
         names = [s["name"] for s in record["stages"]]
         assert names == (["finetune"] if row["num_instances"] == 1 else ["finetune N=1 (warm start)", "finetune"])
+
+
+@pytest.mark.slow
+def test_quick_run_marks_every_output_as_a_smoke_test(quick_run):
+    out = quick_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["smoke_test"] is True and results["caveat"].startswith(demo.QUICK_CAVEAT)
+    assert "smoke test" in demo.QUICK_CAVEAT.lower() and "the numbers are meaningless" in demo.QUICK_CAVEAT
+    assert (out / "results.md").read_text().splitlines()[0] == f"# mux-plms demo results: {demo.QUICK_CAVEAT}"
+    console = (out.parent / "console.txt").read_text()
+    assert f"mux-plms demo results: {demo.QUICK_CAVEAT}\n\n| task | N |" in console  # the printed table's title
+    assert f"{demo.QUICK_CAVEAT}, {demo.QUICK_DURATION}" in console  # said first, with the measured duration
+    for name in results["plots"]:
+        assert png_text(out / name)["Description"] == demo.QUICK_CAVEAT
+    for card in results["model_cards"]:
+        text = (out / card).read_text()
+        assert f"> **Warning: {demo.QUICK_CAVEAT}." in text and "- smoke-test" in text
+
+
+@pytest.mark.slow
+def test_quick_run_console_is_quiet_and_workers_log_to_files(quick_run):
+    out = quick_run
+    console = (out.parent / "console.txt").read_text()
+    assert "[demo] finetune wnut16 N=5: done" in console  # the workers' milestones reach the terminal
+    assert "LOAD REPORT" not in console and "MISSING" not in console and "{'loss'" not in console
+    for task in ("polarity", "wnut16"):
+        for n in (1, 2, 5):
+            log = (out / "logs" / f"finetune_{task}_N{n}.log").read_text()
+            assert "torch threads: 1 per process (--threads; 2 processes on" in log  # --threads 1 is the total
+            assert "{'loss'" in log  # the Trainer's output
+            assert "LOAD REPORT" not in log and "to instantiate a model of type" not in log
+            if n > 1:
+                assert "Warm start of MuxBertFor" in log and f"(N={n}) from {out / 'finetune' / f'{task}_N1'}" in log
 
 
 @pytest.mark.slow

@@ -285,7 +285,10 @@ def fake_glue_mnli(monkeypatch) -> list:
         names = ["train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]
         return DatasetDict({n: split([-1] * 9 if n.startswith("test") else [i % 3 for i in range(9)]) for n in names})
 
+    from mux_plms.utils import runtime
+
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(runtime, "hub_unreachable_reason", lambda kind: None)  # the fake loader is a reachable Hub
     return calls
 
 

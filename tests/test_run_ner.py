@@ -170,9 +170,11 @@ def test_hub_token_tasks_use_their_real_paths(monkeypatch):
     import datasets
 
     from mux_plms.data import tasks
+    from mux_plms.utils import runtime
 
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, **kw: calls.append((path, name)) or {})
+    monkeypatch.setattr(runtime, "hub_unreachable_reason", lambda kind: None)  # the fake loader is a reachable Hub
     assert tasks.load_token_data(task_name="ner")[1].tags_column == "ner_tags"
     assert tasks.load_token_data(task_name="pos")[1].metric == "accuracy"
     assert calls == [("eriktks/conll2003", None), ("universal_dependencies", "en_ewt")]

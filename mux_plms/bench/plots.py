@@ -13,6 +13,22 @@ MUX_PLMS_PUBLISHED = {2: 2.0, 5: 5.0}  # MUX-PLMs (Murahari et al., 2023), MUX-B
 MIB = 2**20
 
 
+CAVEAT_COLOR = "tab:red"
+
+
+def add_caveat(fig, caveat: str | None, title: str | None = None) -> dict[str, str]:
+    """Mark a figure whose numbers must not be read as results (a smoke test): `caveat` in red as its
+    super-title, under `title` when given. Returns the PNG metadata to pass to ``savefig(metadata=...)`` (the
+    title and the caveat as text chunks: the mark survives cropping)."""
+    metadata = {"Title": title} if title else {}
+    if caveat:
+        fig.suptitle(caveat if not title else f"{title}\n{caveat}", color=CAVEAT_COLOR, fontweight="bold")
+        metadata["Description"] = caveat
+    elif title:
+        fig.suptitle(title)
+    return metadata
+
+
 def _pyplot():
     import matplotlib
 

@@ -305,8 +305,11 @@ def run_benchmark(
     also times the fp32 eager models next to the optimised ones."""
     if not cases:
         raise ValueError("cases is empty: give at least one size, length, head, variant and N")
-    if threads:
-        torch.set_num_threads(threads)
+    from ..utils.runtime import configure_threads
+
+    # One process times (the memory worker runs while it waits): torch's threads, or --threads, checked against
+    # the cores and the machine's load (timings on a busy machine are slow and noisy: said in one line).
+    threads = configure_threads(1, threads, logger=print if progress else None).threads
     reference = settings.optimized if reference is None else reference
     started = time.perf_counter()
     env = environment(settings, threads)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..utils.runtime import check_hub_dataset
+
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
@@ -102,6 +104,19 @@ SHIPPED_TOKEN_TASKS: dict[str, TokenTask] = {"wnut16": TokenTask("wnut16", "toke
 # Loading
 # --------------------------------------------------------------------------------------------------
 
+# What to use instead of a Hub task when the Hub cannot be reached (`mux_plms.utils.runtime.check_hub_dataset`).
+SEQUENCE_REPLACEMENTS = (
+    "local files: --train_file train.csv --validation_file validation.csv (a header row, then one example per "
+    'row, e.g. sentence,label; or .jsonl files with one {"sentence": ..., "label": ...} object per line), or the '
+    "sentence classification set shipped with mux-plms: --dataset_name polarity"
+)
+TOKEN_REPLACEMENTS = (
+    'local files: --train_file train.jsonl --validation_file validation.jsonl (one {"tokens": [...], '
+    '"ner_tags": [...]} object per line: a list of words and a list of as many tags) or CoNLL text (.txt / '
+    ".conll: 'word ... tag' per line, a blank line between sentences), or the NER set shipped with mux-plms: "
+    "--dataset_name wnut16"
+)
+
 
 def _data_files(train_file: str | None, validation_file: str | None, test_file: str | None) -> dict[str, str]:
     files = {k: v for k, v in (("train", train_file), ("validation", validation_file), ("test", test_file)) if v}
@@ -182,6 +197,8 @@ def load_sequence_data(
         task = GLUE_TASKS.get(task_name.lower())
         if task is None:
             raise ValueError(f"--task_name must be one of {', '.join(GLUE_TASKS)}; got {task_name!r}")
+        check_hub_dataset(task.hub_path, task.hub_config, cache_dir=cache_dir, what=f"--task_name {task_name}",
+                          replacements=SEQUENCE_REPLACEMENTS)  # fmt: skip
         return load_dataset(task.hub_path, task.hub_config, cache_dir=cache_dir), task
     if dataset_name:
         task = SHIPPED_SEQUENCE_TASKS.get(dataset_name.lower())
@@ -222,6 +239,8 @@ def load_token_data(
         task = TOKEN_TASKS.get(task_name.lower())
         if task is None:
             raise ValueError(f"--task_name must be one of {', '.join(TOKEN_TASKS)}; got {task_name!r}")
+        check_hub_dataset(task.hub_path, task.hub_config, cache_dir=cache_dir, what=f"--task_name {task_name}",
+                          replacements=TOKEN_REPLACEMENTS)  # fmt: skip
         return load_dataset(task.hub_path, task.hub_config, cache_dir=cache_dir), task
     if dataset_name:
         task = SHIPPED_TOKEN_TASKS.get(dataset_name.lower())

@@ -366,7 +366,7 @@ def push_to_hub(
                 "Check your network connection, proxy settings and HF_ENDPOINT."
             ) from exc
         raise
-    logger.info("Pushed %s to %s (%d files): %s", directory, repo_id, len(operations), info.commit_url)
+    logger.debug("Pushed %s to %s (%d files): %s", directory, repo_id, len(operations), info.commit_url)
     return info
 
 

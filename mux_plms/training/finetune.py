@@ -46,6 +46,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 LENGTH_GROUPINGS = ("mux_groups", "examples")
+LOAD_REPORT_HINT = "--log_level debug (or DEBUG logging)"  # how the examples print transformers' loading table
 HEADS = ("sequence", "token")
 # MuxModelArguments fields that configure a MUX model built from a vanilla checkpoint.
 WARM_START_FIELDS = (
@@ -158,6 +159,7 @@ def parse_arguments(data_arguments_class: type, argv: Sequence[str] | None = Non
 
     from transformers import HfArgumentParser, TrainingArguments
 
+    from ..utils.runtime import check_hub_models
     from .distillation import DistillationArguments
 
     parser = HfArgumentParser(
@@ -165,8 +167,17 @@ def parse_arguments(data_arguments_class: type, argv: Sequence[str] | None = Non
     )
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+        parsed = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    model_args, distill_args = parsed[0], parsed[3]
+    # Offline / no network: a clear error now, not transformers' retry loop later (local folders are not checked).
+    check_hub_models(
+        {"--model_name_or_path": model_args.model_name_or_path, "--tokenizer_name": model_args.tokenizer_name,
+         "--teacher_model_name_or_path": distill_args.teacher_model_name_or_path},
+        model_args.cache_dir,
+    )  # fmt: skip
+    return tuple(parsed)
 
 
 def save_model_whole(trainer, output_dir: str | None = None) -> None:
@@ -679,11 +690,20 @@ def load_model(
     num_labels: int,
     id2label: dict[int, str] | None = None,
     problem_type: str | None = None,
+    verbose: bool = False,
+    hint: str = LOAD_REPORT_HINT,
 ):
     """Load the model to fine-tune: a MUX checkpoint through the Auto classes, a vanilla BERT
     warm-started into a MUX model (`MuxBertFor*.from_pretrained(bert_dir, num_instances=...)`), or a
-    plain vanilla model (baseline). `head` is ``sequence`` or ``token``."""
+    plain vanilla model (baseline). `head` is ``sequence`` or ``token``.
+
+    transformers' table of new and unused weights (50+ lines for a warm start) becomes one INFO line
+    (:func:`mux_plms.utils.runtime.load_pretrained`); the table itself is printed with `verbose`, at DEBUG
+    level (``--log_level debug`` in the examples), or when the load looks wrong (a module partly loaded);
+    `hint` tells the summary line's reader how to get it."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from ..utils.runtime import load_pretrained
 
     if head not in HEADS:
         raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
@@ -705,9 +725,11 @@ def load_model(
         for name in WARM_START_FIELDS:
             if getattr(model_args, name) is not None:
                 kwargs[name] = getattr(model_args, name)
-        return mux_class.from_pretrained(path, num_instances=info.num_instances, **kwargs)
+        return load_pretrained(mux_class, path, warm_start=True, verbose=verbose, logger=logger, hint=hint,
+                               num_instances=info.num_instances, **kwargs)  # fmt: skip
     auto = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
-    return auto.from_pretrained(path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **kwargs)
+    return load_pretrained(auto, path, verbose=verbose, logger=logger, hint=hint,
+                           ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **kwargs)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------

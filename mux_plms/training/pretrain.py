@@ -23,6 +23,7 @@ same steps as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -41,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..data.collators import COLLATORS, MuxCollator
 from ..records import TRAINING_RECORD_FILE, TrainingRecord, TrainingStage, hub_id_or_none
+from ..utils import runtime
 from ..utils.folders import AtomicFolder
 from .arguments import PretrainingArguments
 from .pretrain_data import IndexedBlocks, load_raw_datasets, prune_vocabulary, tokenize_and_group
@@ -57,6 +59,18 @@ STAGE_1_COEFFS = {"task_loss_coeff": 0.0, "retrieval_loss_coeff": 1.0}
 # are in training_record.json.
 SAVED_COEFFS = {"task_loss_coeff": 1.0, "retrieval_loss_coeff": 0.0}
 MUX_FIELDS = ("num_instances", "muxing_variant", "demuxing_variant", "num_hidden_demux_layers")
+LOAD_REPORT_HINT = "TRANSFORMERS_VERBOSITY=debug"  # how to get transformers' full table of new / unused weights
+# What to use instead of a Hub data set when the Hub cannot be reached (`mux_plms.utils.runtime.check_hub_dataset`).
+TEXT_REPLACEMENTS = (
+    "local text: --train_file train.txt [--validation_file valid.txt] (one document per line; .csv / .json files "
+    "with a 'text' column, or --text_column, also work), or the Penn Treebank shipped with mux-plms: --corpus ptb"
+)
+
+
+def _say(text: str) -> None:
+    """A progress line of the run, printed by the main process only (``RANK`` 0 or unset)."""
+    if os.environ.get("RANK", "0").strip() in ("", "0"):
+        print(text, flush=True)
 
 
 def default_tokenizer_dir() -> Path | None:
@@ -303,7 +317,8 @@ def stage_config(ctx: StageContext, coeffs: dict, family: str | None = None):
 
         preset = load_preset(args.preset).model  # a vanilla backbone takes the preset's multiplexing fields
         overrides = {**{k: preset[k] for k in MUX_FIELDS if k in preset}, **overrides}
-    config = config_class.from_pretrained(ctx.init_source, **overrides)
+    with runtime.expected_type_change(saved.get("num_instances") is None):  # a warm start changes the model type
+        config = config_class.from_pretrained(ctx.init_source, **overrides)
     if config.vocab_size < len(tokenizer):
         raise ValueError(
             f"The tokenizer has {len(tokenizer)} tokens but the checkpoint {ctx.init_source} only "
@@ -345,7 +360,16 @@ def _build_masked_lm(ctx: StageContext, coeffs: dict):
     model_class = _masked_lm_class(family)
     if ctx.init_source is None:
         return model_class(config)
-    return model_class.from_pretrained(ctx.init_source, config=config)
+    return _load_init(model_class, ctx.init_source, config)
+
+
+def _load_init(model_class, source: str, config):
+    """``model_class.from_pretrained(source, config=config)``, with transformers' table of new and unused weights
+    summarised in one line (the table at DEBUG level: `mux_plms.utils.runtime.load_pretrained`)."""
+    warm = _read_config_dict(source).get("num_instances") is None
+    return runtime.load_pretrained(
+        model_class, source, warm_start=warm, logger=_say, hint=LOAD_REPORT_HINT, config=config
+    )
 
 
 def _mlm_coeffs(args: PretrainingArguments) -> dict:
@@ -429,7 +453,7 @@ def _build_electra(ctx: StageContext):
     if ctx.init_source is None:
         discriminator = MuxElectraForPreTraining(discriminator_config)
     else:
-        discriminator = MuxElectraForPreTraining.from_pretrained(ctx.init_source, config=discriminator_config)
+        discriminator = _load_init(MuxElectraForPreTraining, ctx.init_source, discriminator_config)
     generator_fields = json.loads(electra.electra_preset_path(electra_preset_name(args)).read_text())["generator"]
     shared = ("vocab_size", "pad_token_id", "embedding_size", "max_position_embeddings", "type_vocab_size") + MUX_FIELDS
     generator_fields.update({name: getattr(discriminator_config, name) for name in shared})
@@ -737,10 +761,16 @@ def save_checkpoint(
 ) -> Path:
     """``accelerator.save_state`` (model safetensors, optimizer, scheduler, RNG states; nothing registered
     for checkpointing, so no custom pickle), then ``progress.json``, written last: the progress and the
-    stage's settings (:func:`stage_settings`) as JSON; its presence marks the checkpoint complete."""
+    stage's settings (:func:`stage_settings`) as JSON; its presence marks the checkpoint complete.
+
+    accelerate's "Removed shared tensor ..." warning about the model's declared tied weights (which safetensors
+    stores once and ``load_state`` re-ties) is held back: `mux_plms.utils.runtime.tied_weights_save`."""
     path = checkpoint_root(stage_dir) / f"{CHECKPOINT_PREFIX}{progress.step:08d}"
     progress.gather(accelerator)
-    accelerator.save_state(str(path))
+    with contextlib.ExitStack() as stack:
+        for model in getattr(accelerator, "_models", []):
+            stack.enter_context(runtime.tied_weights_save(accelerator.unwrap_model(model)))
+        accelerator.save_state(str(path))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = progress.state_dict()
@@ -1291,8 +1321,16 @@ def run_pretraining(args: PretrainingArguments, accelerator=None) -> list[dict]:
     against ``--num_instances`` (and the other multiplexing flags), the block size against the position table
     (prefix positions included), the data (missing files, empty corpus)."""
     args = args.resolved()
+    # Offline / no network: a clear error before anything waits for the Hub (local folders are not checked).
+    runtime.check_hub_models({"--model_name_or_path": args.model_name_or_path, "--tokenizer_name": args.tokenizer_name,
+                              "--teacher_name_or_path": args.teacher_name_or_path}, args.cache_dir)  # fmt: skip
+    if args.dataset_name is not None and args.corpus_name is None:
+        runtime.check_hub_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir,
+                                  what=f"--dataset_name {args.dataset_name}", replacements=TEXT_REPLACEMENTS)  # fmt: skip
     if accelerator is None:
         accelerator = build_accelerator(args)
+    # One pool of torch threads per process, sized so that the processes of this machine do not oversubscribe it.
+    runtime.configure_threads(runtime.local_process_count(accelerator.num_processes), logger=_say, flag=None)
     tokenizer = load_tokenizer(args)
     stages = args.stage_list
 
