@@ -138,8 +138,8 @@ def add_list_argument(
 ) -> argparse.Action:
     """Add a list option that takes comma-separated values (and space-separated ones).
 
-    `choices` are the accepted items: they are checked item by item and, unless the help text already
-    lists them, appended to it. Other keyword arguments go to ``add_argument`` (``default``, ``help``,
+    `choices` are the accepted items: they are checked item by item and listed at the end of the help
+    text (``(any of: a, b)``). Other keyword arguments go to ``add_argument`` (``default``, ``help``,
     ``metavar``, ``dest``, ``required``).
 
     Example::
