@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .utils.cli_types import add_list_argument, split_list
 from .utils.folders import atomic_model_folder
 
 DEFAULT_OUTPUT = "outputs/demo"
@@ -162,26 +163,42 @@ def quick_caveat_detail(recipe: Recipe) -> str:
 # ============================================================================================ CLI
 
 
-def parse_instances(text: str) -> list[int]:
-    """``"2,5"`` -> ``[2, 5]`` (sorted, unique, every N >= 2; N=1 is always run as the baseline)."""
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--num-instances must be comma-separated integers, got {text!r}") from None
+def _check_instances(values: list[int]) -> list[int]:
+    """Sorted, unique, every N >= 2 (N=1 is always run as the baseline)."""
+    values = sorted(set(values))
     if not values or values[0] < 2:
-        raise argparse.ArgumentTypeError(
-            f"--num-instances must list integers >= 2 (N=1 is always run as the baseline), got {text!r}"
-        )
+        raise ValueError(f"N values must be >= 2 (N=1 is always run as the baseline), got {values}")
     return values
 
 
+def parse_instances(text: str) -> list[int]:
+    """``"2,5"`` -> ``[2, 5]`` (sorted, unique, every N >= 2; N=1 is always run as the baseline)."""
+    try:
+        values = split_list(text, int, option="--num-instances")
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"--num-instances must be comma-separated integers ({error})") from None
+    try:
+        return _check_instances(values)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--num-instances must list integers >= 2 (N=1 is always run as the baseline), got {text!r}"
+        ) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``mux-plms demo``. List options take comma-separated values (``--num-instances 2,5``;
+    space-separated ones work too)."""
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT, help=f"everything goes here (default {DEFAULT_OUTPUT})")
-    parser.add_argument(
-        "--num-instances", type=parse_instances, default=[2, 5], help="N values to compare with N=1 (default 2,5)"
-    )
+    add_list_argument(
+        parser, "--num-instances", item_type=int, check=_check_instances, default=[2, 5], metavar="N",
+        help="N values to compare with N=1 (default 2,5)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}")
+    # --tasks and --pretrain-stages are stored comma-joined (run() validates them with a message that names them).
+    add_list_argument(
+        parser, "--tasks", join=True, default=",".join(TASKS), metavar="TASK",
+        help=f"subset of {', '.join(TASKS)} (default: both)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads in all (default: one per core)")
     parser.add_argument(
         "--jobs",
@@ -191,10 +208,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: 2 when the machine has 2 or more cores). Throughput is always measured alone.",
     )
     parser.add_argument("--seed", type=int, default=42, help="seed of every stage")
-    parser.add_argument(
+    add_list_argument(
+        parser,
         "--pretrain-stages",
+        join=True,
         default=None,
-        help="multiplexed pre-training of each N > 1 before fine-tuning, comma-separated `mux-plms pretrain` stages "
+        metavar="STAGE",
+        help="multiplexed pre-training of each N > 1 before fine-tuning, `mux-plms pretrain` stages "
         "(e.g. retrieval,mlm or distill), or 'none' (default: the recipe's: none, see docs/demo.md)",
     )
     parser.add_argument(

@@ -1,26 +1,48 @@
 """Throughput and peak-memory benchmarks of multiplexed models against vanilla transformers models.
 
 Entry points: the ``mux-plms bench`` command (:mod:`mux_plms.bench.cli`) and :func:`run_benchmark`.
+
+The names below are imported on first access, so ``mux-plms bench --help`` (which imports
+:mod:`mux_plms.bench.cli`, hence this package) does not import torch.
 """
 
-from .cost_model import analytical_bound, layer_pass_bound, mux_costs, vanilla_costs
-from .models import RunSettings, build_model
-from .sizes import HEADS, SIZES, BackboneSize, BenchCase
-from .throughput import SCHEMA_VERSION, build_cases, run_benchmark, time_interleaved
+from __future__ import annotations
 
-__all__ = [
-    "HEADS",
-    "SCHEMA_VERSION",
-    "SIZES",
-    "BackboneSize",
-    "BenchCase",
-    "RunSettings",
-    "analytical_bound",
-    "build_cases",
-    "build_model",
-    "layer_pass_bound",
-    "mux_costs",
-    "run_benchmark",
-    "time_interleaved",
-    "vanilla_costs",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cost_model import analytical_bound, layer_pass_bound, mux_costs, vanilla_costs
+    from .models import RunSettings, build_model
+    from .sizes import HEADS, SIZES, BackboneSize, BenchCase
+    from .throughput import SCHEMA_VERSION, build_cases, run_benchmark, time_interleaved
+
+# public name -> submodule that defines it
+_LAZY = {
+    "HEADS": "sizes",
+    "SIZES": "sizes",
+    "BackboneSize": "sizes",
+    "BenchCase": "sizes",
+    "RunSettings": "models",
+    "build_model": "models",
+    "analytical_bound": "cost_model",
+    "layer_pass_bound": "cost_model",
+    "mux_costs": "cost_model",
+    "vanilla_costs": "cost_model",
+    "SCHEMA_VERSION": "throughput",
+    "build_cases": "throughput",
+    "run_benchmark": "throughput",
+    "time_interleaved": "throughput",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,8 +1,9 @@
 """`mux-plms bench`: throughput and peak memory of MUX-BERT against vanilla BERT.
 
-Example (the committed CPU results)::
+List options take comma-separated values (space-separated ones work too). Example (the committed CPU
+results)::
 
-    mux-plms bench --sizes base --lengths 128 --heads sequence token --num-instances 1 2 5 10 \\
+    mux-plms bench --sizes base --lengths 128 --heads sequence,token --num-instances 1,2,5,10 \\
         --output-dir benchmarks/results
 """
 
@@ -13,27 +14,46 @@ import json
 import warnings
 from pathlib import Path
 
+from ..utils.cli_types import ListHelpFormatter, add_list_argument
 from .sizes import HEADS, SIZES
+
+# The option values of the parser, written out so that `mux-plms bench --help` imports neither torch nor the
+# model code. tests/test_cli.py checks them against their sources: MUXING_VARIANTS / DEMUXING_VARIANTS
+# (mux_plms.models.configuration_mux_bert) and DTYPES, QUANTIZATIONS, QUANTIZE_SCOPES, ATTN_IMPLEMENTATIONS
+# (mux_plms.bench.models).
+MUXING_CHOICES = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "contextual")
+DEMUXING_CHOICES = ("rsa", "prefix", "mlp")
+DTYPE_CHOICES = ("fp32", "bf16", "fp16")
+QUANTIZATION_CHOICES = ("int8",)
+QUANTIZE_SCOPE_CHOICES = ("backbone", "all")
+ATTN_IMPLEMENTATION_CHOICES = ("sdpa", "eager")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mux_plms.models.configuration_mux_bert import DEMUXING_VARIANTS, MUXING_VARIANTS
-
-    from .models import ATTN_IMPLEMENTATIONS, DTYPES, QUANTIZATIONS, QUANTIZE_SCOPES
-
     grid = parser.add_argument_group("what to measure (every combination is a case)")
-    grid.add_argument("--sizes", nargs="+", default=["base"], choices=list(SIZES), help="backbone sizes")
-    grid.add_argument("--num-instances", "-N", nargs="+", type=int, default=[1, 2, 5, 10, 20], help="values of N")
-    grid.add_argument("--lengths", nargs="+", type=int, default=[128], help="sequence lengths (tokens per instance)")
-    grid.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS, help="task heads")
-    grid.add_argument("--muxing", nargs="+", default=["gaussian_hadamard", "contextual"], choices=MUXING_VARIANTS)
-    grid.add_argument("--demuxing", nargs="+", default=["rsa", "prefix"], choices=DEMUXING_VARIANTS)
-    grid.add_argument(
+    add_list_argument(grid, "--sizes", choices=SIZES, default=["base"], metavar="SIZE", help="backbone sizes")
+    add_list_argument(
+        grid, "--num-instances", "-N", item_type=int, default=[1, 2, 5, 10, 20], metavar="N",
+        help="values of N (default: 1,2,5,10,20)",
+    )  # fmt: skip
+    add_list_argument(
+        grid, "--lengths", item_type=int, default=[128], metavar="L", help="sequence lengths (tokens per instance)"
+    )
+    add_list_argument(grid, "--heads", choices=HEADS, default=list(HEADS), metavar="HEAD", help="task heads")
+    add_list_argument(
+        grid, "--muxing", choices=MUXING_CHOICES, default=["gaussian_hadamard", "contextual"], metavar="MUX",
+        help="multiplexers",
+    )  # fmt: skip
+    add_list_argument(
+        grid, "--demuxing", choices=DEMUXING_CHOICES, default=["rsa", "prefix"], metavar="DEMUX",
+        help="demultiplexers",
+    )  # fmt: skip
+    add_list_argument(
+        grid,
         "--variants",
-        nargs="+",
         default=None,
         metavar="MUX+DEMUX",
-        help="explicit pairs, e.g. gaussian_hadamard+rsa contextual+prefix (instead of --muxing x --demuxing)",
+        help="explicit pairs, e.g. gaussian_hadamard+rsa,contextual+prefix (instead of --muxing x --demuxing)",
     )
 
     how = parser.add_argument_group("how to measure")
@@ -46,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     how.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     how.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    how.add_argument("--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS)
+    how.add_argument("--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATION_CHOICES)
     how.add_argument("--seed", type=int, default=0)
     how.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     how.add_argument(
@@ -58,14 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--profile", action="store_true", help="torch.profiler stage breakdown and top ops per case")
 
     opt = parser.add_argument_group("composability (applied to both sides)")
-    opt.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="cast the weights (or autocast)")
+    opt.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES, help="cast the weights (or autocast)")
     opt.add_argument("--autocast", action="store_true", help="keep fp32 weights, run under torch.autocast(--dtype)")
     opt.add_argument("--compile", action="store_true", help="torch.compile both models")
-    opt.add_argument("--quantize", default=None, choices=list(QUANTIZATIONS), help="dynamic quantization (CPU)")
+    opt.add_argument("--quantize", default=None, choices=QUANTIZATION_CHOICES, help="dynamic quantization (CPU)")
     opt.add_argument(
         "--quantize-scope",
         default="backbone",
-        choices=list(QUANTIZE_SCOPES),
+        choices=QUANTIZE_SCOPE_CHOICES,
         help="quantize the backbone's Linear layers only, or every Linear (demultiplexer and heads included)",
     )
     opt.add_argument(
@@ -208,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mux-plms bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mux-plms bench", description=__doc__.splitlines()[0], formatter_class=ListHelpFormatter
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..utils.cli_types import add_list_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .corpora import CORPORA, SPLIT_SEED
@@ -14,8 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where to write the files (default: $MUX_PLMS_DATA, else ~/.cache/mux_plms/data)",
     )
-    parser.add_argument(
-        "--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA), help="which corpora (default: all)"
+    add_list_argument(
+        parser,
+        "--corpora",
+        choices=CORPORA,
+        default=list(CORPORA),
+        metavar="CORPUS",
+        help="which corpora (default: all)",
     )
     parser.add_argument(
         "--seed", type=int, default=SPLIT_SEED, help="seed of the 80/10/10 split of polarity and wnut16"

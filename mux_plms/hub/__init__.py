@@ -1,40 +1,55 @@
 """Publishing MUX models: `push_to_hub` (one commit with a generated model card), model cards rendered
-from a template and a training record (the record classes come from `mux_plms.records`), and conversion of
-original MUX-PLMs checkpoints (`convert_legacy_checkpoint`, imported on first use)."""
+from a template and a training record (the record classes come from `mux_plms.records`), and conversion of original MUX-PLMs checkpoints
+(`convert_legacy_checkpoint`).
 
-from .card import (
-    TRAINING_RECORD_FILE,
-    BaselineComparison,
-    EvaluationResult,
-    FinetuningRecord,
-    ThroughputRecord,
-    TrainingRecord,
-    TrainingStage,
-    render_model_card,
-    write_model_card,
-)
-from .push import PushError, push_to_hub
+The names below are imported on first access: ``mux-plms push --help`` imports neither huggingface_hub
+nor torch, and the converter (torch state-dict rewriting) loads only when asked for.
+"""
 
-__all__ = [
-    "TRAINING_RECORD_FILE",
-    "BaselineComparison",
-    "EvaluationResult",
-    "FinetuningRecord",
-    "PushError",
-    "ThroughputRecord",
-    "TrainingRecord",
-    "TrainingStage",
-    "convert_legacy_checkpoint",
-    "push_to_hub",
-    "render_model_card",
-    "write_model_card",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .card import (
+        TRAINING_RECORD_FILE,
+        BaselineComparison,
+        EvaluationResult,
+        FinetuningRecord,
+        ThroughputRecord,
+        TrainingRecord,
+        TrainingStage,
+        render_model_card,
+        write_model_card,
+    )
+    from .convert import convert_legacy_checkpoint
+    from .push import PushError, push_to_hub
+
+# public name -> submodule that defines it
+_LAZY = {
+    "TRAINING_RECORD_FILE": "card",
+    "BaselineComparison": "card",
+    "EvaluationResult": "card",
+    "FinetuningRecord": "card",
+    "ThroughputRecord": "card",
+    "TrainingRecord": "card",
+    "TrainingStage": "card",
+    "render_model_card": "card",
+    "write_model_card": "card",
+    "PushError": "push",
+    "push_to_hub": "push",
+    "convert_legacy_checkpoint": "convert",
+}
+
+__all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    # Lazy: the converter (torch state-dict rewriting) loads only when asked for.
-    if name == "convert_legacy_checkpoint":
-        from .convert import convert_legacy_checkpoint
-
-        return convert_legacy_checkpoint
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

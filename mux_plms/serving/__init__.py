@@ -4,18 +4,39 @@
 * :class:`MuxBatcher`: thread-safe request batcher with a maximum wait (in-process serving);
 * :mod:`mux_plms.serving.ray_app`: the Ray Serve deployment (``pip install 'mux-plms[serve]'``), behind
   ``mux-plms serve MODEL_DIR``.
+
+The names below are imported on first access (``mux-plms serve --help`` imports no torch).
 """
 
-from .batcher import MuxBatcher
-from .loading import load_model_and_tokenizer, load_predictor
-from .predictor import Prediction, MuxPredictor, RequestError, max_text_tokens
+from __future__ import annotations
 
-__all__ = [
-    "MuxBatcher",
-    "MuxPredictor",
-    "Prediction",
-    "RequestError",
-    "load_model_and_tokenizer",
-    "load_predictor",
-    "max_text_tokens",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .batcher import MuxBatcher
+    from .loading import load_model_and_tokenizer, load_predictor
+    from .predictor import MuxPredictor, Prediction, RequestError, max_text_tokens
+
+# public name -> submodule that defines it
+_LAZY = {
+    "MuxBatcher": "batcher",
+    "MuxPredictor": "predictor",
+    "Prediction": "predictor",
+    "RequestError": "predictor",
+    "max_text_tokens": "predictor",
+    "load_model_and_tokenizer": "loading",
+    "load_predictor": "loading",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

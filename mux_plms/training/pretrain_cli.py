@@ -1,6 +1,7 @@
 """`mux-plms pretrain`: the command-line face of :func:`mux_plms.training.pretrain.run_pretraining`.
 
-Every field of :class:`~mux_plms.training.arguments.PretrainingArguments` is a flag of the same name. Run it
+Every field of :class:`~mux_plms.training.arguments.PretrainingArguments` is a flag of the same name; the
+list fields (``--stages``, ``--report_to``) take comma-separated values (space-separated ones work too). Run it
 plainly (one CPU / GPU) or under ``accelerate launch``::
 
     mux-plms pretrain --preset demo --corpus ptb --stages retrieval,mlm --output_dir runs/demo
@@ -16,7 +17,12 @@ import sys
 import types
 import typing
 
+from ..utils.cli_types import ListHelpFormatter, add_list_argument
 from .arguments import PretrainingArguments
+
+# Fields holding a comma-separated list: on the command line they also take space-separated values
+# (``--stages retrieval mlm``), stored comma-joined as the dataclass expects.
+LIST_FIELDS = ("stages", "report_to")
 
 _TRUE = {"true", "yes", "y", "1", "t"}
 _FALSE = {"false", "no", "n", "0", "f"}
@@ -50,7 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = _base_type(hints[spec.name])
         help_text = spec.metadata.get("help", "")
         default = spec.default
-        if kind is bool:
+        if spec.name in LIST_FIELDS:
+            add_list_argument(
+                parser, f"--{spec.name}", join=True, default=default, metavar=spec.name.rstrip("s").upper(),
+                help=help_text + f" (default: {default})",
+            )  # fmt: skip
+        elif kind is bool:
             parser.add_argument(f"--{spec.name}", type=_to_bool, nargs="?", const=True, default=default, help=help_text)
         else:
             shown = "" if default is None else f" (default: {default})"
@@ -76,7 +87,9 @@ def run(namespace: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mux-plms pretrain", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mux-plms pretrain", description=__doc__.splitlines()[0], formatter_class=ListHelpFormatter
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
