@@ -71,12 +71,17 @@ _EXPORTS: dict[str, str] = {
         )
     },
     "convert_legacy_checkpoint": "mux_plms.hub.convert",  # original MUX-PLMs checkpoints
+    # MUX-aware transformers pipelines (whole mux groups per batch)
+    "pipeline": "mux_plms.pipelines",
+    "MuxTextClassificationPipeline": "mux_plms.pipelines",
+    "MuxTokenClassificationPipeline": "mux_plms.pipelines",
 }
 
 __all__ = [*_EXPORTS, "ensure_registered"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these are loaded by __getattr__
     from .hub.convert import convert_legacy_checkpoint
+    from .pipelines import MuxTextClassificationPipeline, MuxTokenClassificationPipeline, pipeline
     from .models import (
         DEMUXING_VARIANTS,
         MUXING_VARIANTS,
