@@ -24,6 +24,7 @@ so it is never saved, checkpointed, given to the optimizer or wrapped by DDP.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +146,10 @@ def load_teacher(source: str, student_config, tokenizer=None) -> nn.Module:
     check_teacher(teacher_config, student_config, tokenizer, teacher_tokenizer, source)
     # BERT / RoBERTa encoders carry a pooler the distillation never reads: not built, not loaded.
     extra = {"add_pooling_layer": False} if teacher_config.model_type in ("bert", "roberta") else {}
-    teacher = AutoModel.from_pretrained(source, **extra)
+    from ..utils.runtime import load_pretrained
+
+    # one summary line instead of transformers' table of the unused weights (the pooler, an MLM head)
+    teacher = load_pretrained(AutoModel, source, logger=logging.getLogger(__name__), **extra)
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
