@@ -328,3 +328,35 @@ def test_bad_input_shapes():
         model()
     with pytest.raises(ValueError, match="attention_mask must have shape"):
         model(input_ids=torch.ones(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4, dtype=torch.long))
+
+
+def test_the_family_table_drives_registration_warm_starts_and_cards():
+    """One record per family (mux_plms.models.families): the Auto classes, each class's complete auto_map, the
+    warm-start classes, pre-training's --model_family names and the cards' family names all come from it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    import mux_plms
+    from mux_plms._registration import FAMILIES as REGISTERED
+    from mux_plms.hub.card import family_display_name
+    from mux_plms.models.families import FAMILIES, family_of, pretrainable_families
+    from mux_plms.training.arguments import PRETRAINING_FAMILIES
+    from mux_plms.training.finetune import _warm_start_classes
+
+    mux_plms.ensure_registered()
+    assert set(REGISTERED) == set(FAMILIES)
+    for model_type, family in FAMILIES.items():
+        config_class, models = REGISTERED[model_type]
+        assert AutoConfig.for_model(model_type).__class__ is config_class
+        for auto_name, cls in models.items():
+            assert cls.mux_auto_map == family.auto_map()  # injected, complete, "module.Class" strings
+            assert family.model_class(auto_name) is cls
+        assert family_display_name(model_type) == family.display_name
+    assert pretrainable_families() == PRETRAINING_FAMILIES == ("bert", "electra", "roberta", "albert")
+    warm = _warm_start_classes()
+    assert set(warm) == {"bert", "electra", "roberta", "albert"}
+    assert warm["roberta"]["token"] is mux_plms.MuxRobertaForTokenClassification
+    assert family_of("bert") is FAMILIES["mux_bert"] and family_of("gpt2") is None
+    config = mux_plms.MuxAlbertConfig(num_instances=2, num_labels=2, vocab_size=64, hidden_size=32,
+                                      num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                                      embedding_size=16)  # fmt: skip
+    assert type(AutoModelForSequenceClassification.from_config(config)) is mux_plms.MuxAlbertForSequenceClassification

@@ -62,6 +62,14 @@ STAGE_DESCRIPTIONS = {
 }
 
 
+def family_display_name(model_type: str) -> str:
+    """The family's display name from the family table (``MUX-BERT``); the model type for others."""
+    from ..models.families import FAMILIES
+
+    family = FAMILIES.get(model_type)
+    return family.display_name if family is not None else model_type
+
+
 def variant_description(name: str, what: str) -> str:
     """The one-sentence ``description`` of the registered multiplexer (`what` = ``"multiplexer"``) or
     demultiplexer named `name` (plug-ins included), or a neutral fallback."""
@@ -73,12 +81,6 @@ def variant_description(name: str, what: str) -> str:
     return description or f"the custom {what} `{name}`"
 
 
-FAMILY_NAMES = {
-    "mux_bert": "MUX-BERT",
-    "mux_electra": "MUX-ELECTRA",
-    "mux_lstm": "MUX-LSTM",
-    "mux_vision": "MUX vision",
-}
 PIPELINE_TAGS = (
     ("ForImageClassification", "image-classification"),
     ("ForSequenceClassification", "text-classification"),
@@ -612,7 +614,7 @@ def render_model_card(model_dir_or_model, **overrides) -> ModelCard:
         "card_data": card_data.to_yaml(),
         "marker": GENERATED_MARKER,
         "model_name": model_name,
-        "family": FAMILY_NAMES.get(model_type, model_type),
+        "family": family_display_name(model_type),
         "model_type": model_type,
         "architecture": facts.architecture,
         "auto_class": _auto_class(facts.architecture, config),

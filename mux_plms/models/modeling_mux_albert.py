@@ -38,13 +38,6 @@ class MuxAlbertPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["AlbertEmbeddings", "AlbertLayer"]
-    mux_auto_map = {
-        "AutoConfig": "configuration_mux_albert.MuxAlbertConfig",
-        "AutoModel": "modeling_mux_albert.MuxAlbertModel",
-        "AutoModelForMaskedLM": "modeling_mux_albert.MuxAlbertForMaskedLM",
-        "AutoModelForSequenceClassification": "modeling_mux_albert.MuxAlbertForSequenceClassification",
-        "AutoModelForTokenClassification": "modeling_mux_albert.MuxAlbertForTokenClassification",
-    }
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -46,13 +46,6 @@ class MuxBertPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
-    mux_auto_map = {
-        "AutoConfig": "configuration_mux_bert.MuxBertConfig",
-        "AutoModel": "modeling_mux_bert.MuxBertModel",
-        "AutoModelForMaskedLM": "modeling_mux_bert.MuxBertForMaskedLM",
-        "AutoModelForSequenceClassification": "modeling_mux_bert.MuxBertForSequenceClassification",
-        "AutoModelForTokenClassification": "modeling_mux_bert.MuxBertForTokenClassification",
-    }
 
     @torch.no_grad()
     def _init_weights(self, module):

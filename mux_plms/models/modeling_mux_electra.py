@@ -53,14 +53,6 @@ class MuxElectraPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["ElectraEmbeddings", "ElectraLayer"]
-    mux_auto_map = {
-        "AutoConfig": "configuration_mux_electra.MuxElectraConfig",
-        "AutoModel": "modeling_mux_electra.MuxElectraModel",
-        "AutoModelForPreTraining": "modeling_mux_electra.MuxElectraForPreTraining",
-        "AutoModelForMaskedLM": "modeling_mux_electra.MuxElectraForMaskedLM",
-        "AutoModelForSequenceClassification": "modeling_mux_electra.MuxElectraForSequenceClassification",
-        "AutoModelForTokenClassification": "modeling_mux_electra.MuxElectraForTokenClassification",
-    }
 
     @torch.no_grad()
     def _init_weights(self, module):

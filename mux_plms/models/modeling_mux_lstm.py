@@ -64,13 +64,6 @@ class MuxLstmPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
     config_class = MuxLstmConfig
     base_model_prefix = "lstm"
     _no_split_modules = ["MuxLstmEmbeddings"]
-    mux_auto_map = {
-        "AutoConfig": "configuration_mux_lstm.MuxLstmConfig",
-        "AutoModel": "modeling_mux_lstm.MuxLstmModel",
-        "AutoModelForMaskedLM": "modeling_mux_lstm.MuxLstmForMaskedLM",
-        "AutoModelForSequenceClassification": "modeling_mux_lstm.MuxLstmForSequenceClassification",
-        "AutoModelForTokenClassification": "modeling_mux_lstm.MuxLstmForTokenClassification",
-    }
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -38,13 +38,6 @@ class MuxRobertaPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["RobertaEmbeddings", "RobertaLayer"]
-    mux_auto_map = {
-        "AutoConfig": "configuration_mux_roberta.MuxRobertaConfig",
-        "AutoModel": "modeling_mux_roberta.MuxRobertaModel",
-        "AutoModelForMaskedLM": "modeling_mux_roberta.MuxRobertaForMaskedLM",
-        "AutoModelForSequenceClassification": "modeling_mux_roberta.MuxRobertaForSequenceClassification",
-        "AutoModelForTokenClassification": "modeling_mux_roberta.MuxRobertaForTokenClassification",
-    }
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -478,7 +478,8 @@ class MuxPreTrainedMixin:
                 )
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
-    # Filled by each family: every Auto class -> "module.Class" of the remote-code files.
+    # Every Auto class -> "module.Class" of the remote-code files: the family's complete auto_map, set on each
+    # class by the registration (mux_plms._registration, from the family table models/families.py).
     mux_auto_map: dict[str, str] = {}
 
     def save_pretrained(self, save_directory, *args, **kwargs):

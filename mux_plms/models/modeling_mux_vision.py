@@ -42,10 +42,6 @@ class MuxVisionPreTrainedModel(MuxPreTrainedMixin, PreTrainedModel):
     base_model_prefix = "mux_vision"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    mux_auto_map = {
-        "AutoConfig": "configuration_mux_vision.MuxVisionConfig",
-        "AutoModelForImageClassification": "modeling_mux_vision.MuxVisionForImageClassification",
-    }
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 STAGES = ("retrieval", "distill", "mlm", "electra")
-FAMILIES = ("bert", "electra", "roberta", "albert")
+# --model_family names: the pre-trainable families of the family table (mux_plms.models.families, which
+# imports torch: spelled out here so `mux-plms pretrain --help` stays light; a test keeps the two equal).
+PRETRAINING_FAMILIES = ("bert", "electra", "roberta", "albert")
 DISTILL_LOSSES = ("mse_cosine", "mse", "cosine")
 CORPORA = ("ptb",)
 DATA_EXTENSIONS = {"txt": "text", "text": "text", "json": "json", "jsonl": "json", "csv": "csv"}
@@ -282,8 +284,10 @@ class PretrainingArguments:
             raise ValueError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
         if "mlm" in stages and "electra" in stages:
             raise ValueError("--stages: 'mlm' (MUX-BERT) and 'electra' (MUX-ELECTRA) are alternative second stages")
-        if self.model_family is not None and self.model_family not in FAMILIES:
-            raise ValueError(f"--model_family must be one of {', '.join(FAMILIES)}, got {self.model_family!r}")
+        if self.model_family is not None and self.model_family not in PRETRAINING_FAMILIES:
+            raise ValueError(
+                f"--model_family must be one of {', '.join(PRETRAINING_FAMILIES)}, got {self.model_family!r}"
+            )
         if self.model_family == "bert" and "electra" in stages:
             raise ValueError("--stages electra needs --model_family electra (or no --model_family)")
         if self.preset is not None:
@@ -372,4 +376,12 @@ class PretrainingArguments:
         return dataclasses.asdict(self)
 
 
-__all__ = ["PretrainingArguments", "STAGES", "FAMILIES", "DISTILL_LOSSES", "CORPORA", "DEFAULTS", "DATA_EXTENSIONS"]
+__all__ = [
+    "PretrainingArguments",
+    "STAGES",
+    "PRETRAINING_FAMILIES",
+    "DISTILL_LOSSES",
+    "CORPORA",
+    "DEFAULTS",
+    "DATA_EXTENSIONS",
+]

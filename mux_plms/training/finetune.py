@@ -564,21 +564,16 @@ class CheckpointInfo:
     prefix_length: int = 0
 
 
-# vanilla model_type -> class-name prefix of the MUX family that can be warm-started from it.
-WARM_START_FAMILIES = {"bert": "MuxBert", "electra": "MuxElectra", "roberta": "MuxRoberta", "albert": "MuxAlbert"}
-
-
 def _warm_start_classes() -> dict[str, dict[str, type]]:
-    """Vanilla model_type -> {head: MUX class} of the families available in this installation."""
-    import mux_plms
+    """Vanilla model_type -> {head: MUX class} of the families that can be warm-started from it (the family
+    table, :mod:`mux_plms.models.families`)."""
+    from mux_plms.models.families import FAMILIES, HEAD_AUTO_CLASSES
 
-    classes = {}
-    for model_type, prefix in WARM_START_FAMILIES.items():
-        sequence = getattr(mux_plms, f"{prefix}ForSequenceClassification", None)
-        token = getattr(mux_plms, f"{prefix}ForTokenClassification", None)
-        if sequence is not None and token is not None:
-            classes[model_type] = {"sequence": sequence, "token": token}
-    return classes
+    return {
+        family.vanilla_model_type: {head: family.head_class(head) for head in HEAD_AUTO_CLASSES}
+        for family in FAMILIES.values()
+        if family.warm_startable
+    }
 
 
 def is_mux_config(config) -> bool:

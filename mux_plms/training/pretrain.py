@@ -227,24 +227,19 @@ def check_init_compatible(args: PretrainingArguments, init_source: str, saved: d
             )
 
 
-# model_type of a checkpoint -> family
-_FAMILY_OF_MODEL_TYPE = {
-    "mux_bert": "bert",
-    "bert": "bert",
-    "mux_electra": "electra",
-    "electra": "electra",
-    "mux_roberta": "roberta",
-    "roberta": "roberta",
-    "mux_albert": "albert",
-    "albert": "albert",
-}
+def _pretrainable_family_of(model_type: str | None) -> str | None:
+    """The ``--model_family`` name of a checkpoint's model_type (MUX or vanilla), from the family table."""
+    from ..models.families import family_of
+
+    family = family_of(model_type) if model_type else None
+    return family.short_name if family is not None and family.pretrainable else None
 
 
 def model_family(args: PretrainingArguments, init_source: str | None) -> str:
     """'bert' or 'electra': from the init checkpoint, else ``--model_family``, else from the stages."""
     if init_source is not None:
         model_type = _read_config_dict(init_source).get("model_type")
-        family = _FAMILY_OF_MODEL_TYPE.get(model_type)
+        family = _pretrainable_family_of(model_type)
         if family is None:
             raise ValueError(
                 f"--model_name_or_path {init_source} holds a {model_type!r} model; pre-training starts from a BERT, "
@@ -271,10 +266,9 @@ def electra_preset_name(args: PretrainingArguments) -> str:
 
 
 def _config_class(family: str):
-    from ..models import MuxAlbertConfig, MuxBertConfig, MuxElectraConfig, MuxRobertaConfig
+    from ..models.families import family_of
 
-    return {"bert": MuxBertConfig, "electra": MuxElectraConfig, "roberta": MuxRobertaConfig,
-            "albert": MuxAlbertConfig}[family]  # fmt: skip
+    return family_of(family).config_class()
 
 
 def _fresh_config_fields(args: PretrainingArguments, family: str) -> dict:
