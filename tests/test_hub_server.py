@@ -443,3 +443,24 @@ def test_help_says_it_is_a_test_server(capsys):
         main(["--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal width
     assert "A TEST server" in out and "It is not the Hub" in out and "--token" in out and "--max-body-bytes" in out
+
+
+def test_command_line_server_stops_on_ctrl_c_even_when_started_with_sigint_ignored(tmp_path):
+    """A background job of a shell script inherits SIGINT ignored; the server restores Ctrl-C anyway."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mux_plms.testing.hub_server", "--port", "0", "--root", str(tmp_path / "root")],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert process.stdout.readline().startswith("Loopback hub serving"), process.stderr.read()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        finally:
+            process.kill()
+            process.stdout.close()
+            process.stderr.close()
+    assert process.returncode == 0

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..utils.runtime import restore_ctrl_c
+
+    restore_ctrl_c()  # "Ctrl-C stops it" also when started from a script in the background
     if args.no_ray:
         from .batcher import MuxBatcher
         from .http import make_server

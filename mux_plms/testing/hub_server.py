@@ -808,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-body-bytes must be >= 1 and --idle-timeout > 0")
     if args.token is not None and (not args.token or _CONTROL.search(args.token)):
         parser.error("--token must be a non-empty string without control characters")
+    from ..utils.runtime import restore_ctrl_c
+
+    restore_ctrl_c()  # before the banner: whoever reads it may press Ctrl-C at once
     server = _LoopbackHTTPServer(
         args.port,
         RepoStore(args.root),

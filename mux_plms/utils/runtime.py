@@ -672,7 +672,18 @@ def tied_weights_save(model) -> Iterator[list]:
         yield records
 
 
+def restore_ctrl_c() -> None:
+    """Make Ctrl-C (SIGINT) raise `KeyboardInterrupt` again when this process inherited it ignored: POSIX
+    shells start background jobs (``cmd &`` in a script) with SIGINT ignored, and Python then keeps it ignored,
+    so a server that promises "Ctrl-C stops it" would never stop. Call from the main thread before serving."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 __all__ = [
+    "restore_ctrl_c",
     "available_cores",
     "local_process_count",
     "ThreadChoice",
