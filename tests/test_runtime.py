@@ -228,6 +228,7 @@ def test_probe_reports_a_reachable_endpoint_and_never_waits_past_its_timeout(mon
 
     def hang(*args, **kwargs):  # a firewall that drops packets, or a resolver that never answers
         time.sleep(10)
+        raise TimeoutError("timed out")  # (after the test: the probe thread must not fail in a later test)
 
     monkeypatch.setattr(socket, "create_connection", hang)
     started = time.perf_counter()
