@@ -2,7 +2,8 @@
 
 Driven by the family table (:data:`mux_plms.models.families.FAMILIES`): every family's config and model
 classes are registered with their Auto classes, and every model class gets the family's complete ``auto_map``
-(``mux_auto_map``, written into the config on save), injected here rather than hand-written in each file.
+(``mux_auto_map``, written into the config on save), injected here rather than hand-written in each file; the
+model card writer of ``model.push_to_hub`` is injected the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from transformers import AutoConfig
 
 from .models.families import FAMILIES as FAMILY_TABLE
 from .models.families import Family
+from .models.modeling_mux_utils import MuxPreTrainedMixin
 
 # model_type -> (config class, {auto class name: model class}) of the registered families
 FAMILIES: dict[str, tuple[type, dict[str, type]]] = {}
@@ -35,6 +37,16 @@ def auto_map_for(model_type: str) -> dict[str, str]:
     """The complete ``auto_map`` of a family (every Auto class, not only the saved one)."""
     return FAMILY_TABLE[model_type].auto_map()
 
+
+def _write_push_card(working_dir, repo_id) -> None:
+    """`model.push_to_hub`'s card: the publishing layer, imported only when a model is pushed."""
+    from .hub.card import write_push_card
+
+    write_push_card(working_dir, repo_id)
+
+
+# models/ imports nothing outside itself: the publishing layer's card writer is injected here.
+MuxPreTrainedMixin.push_card_writer = staticmethod(_write_push_card)
 
 for _family in FAMILY_TABLE.values():
     register_family(_family)

@@ -360,3 +360,23 @@ def test_the_family_table_drives_registration_warm_starts_and_cards():
                                       num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
                                       embedding_size=16)  # fmt: skip
     assert type(AutoModelForSequenceClassification.from_config(config)) is mux_plms.MuxAlbertForSequenceClassification
+
+
+def test_models_folder_imports_nothing_outside_itself():
+    """models/ is what remote-code users get: its imports are relative, torch, transformers or the standard
+    library, never the rest of mux_plms (the push card writer is injected by the registration instead)."""
+    import ast
+    from pathlib import Path
+
+    import mux_plms
+    from mux_plms.models.modeling_mux_utils import MuxPreTrainedMixin
+
+    folder = Path(mux_plms.__file__).parent / "models"
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert not (node.module or "").startswith("mux_plms"), f"{path.name} imports {node.module}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("mux_plms") for a in node.names), f"{path.name} imports mux_plms"
+    mux_plms.ensure_registered()
+    assert MuxPreTrainedMixin.push_card_writer is not None  # injected by mux_plms._registration

@@ -490,17 +490,18 @@ class MuxPreTrainedMixin:
             self.config.auto_map = dict(self.mux_auto_map)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    #: ``(working_dir, repo_id) -> None``: writes the MUX model card into a folder about to be pushed. Injected by
+    #: ``mux_plms._registration`` (the publishing layer); None for remote-code users, whose push keeps the
+    #: generic README. These files import nothing outside this folder.
+    push_card_writer = None
+
     def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
         """Hook of transformers' `push_to_hub`, which calls it on the temporary folder it saved the model
-        to, right after writing a generic README.md there. With the mux-plms package installed, that
-        README is replaced by the generated MUX model card; without it (remote-code users) it is kept.
-        The import is optional so these files keep importing nothing outside this folder."""
-        try:
-            from mux_plms.hub.card import write_push_card
-        except ImportError:
-            write_push_card = None
-        if write_push_card is not None:
-            write_push_card(working_dir, repo_id)
+        to, right after writing a generic README.md there: with the card writer injected (mux-plms installed),
+        that README is replaced by the generated MUX model card."""
+        writer = type(self).push_card_writer
+        if writer is not None:
+            writer(working_dir, repo_id)
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
 
