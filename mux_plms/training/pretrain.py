@@ -24,7 +24,6 @@ same steps as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -405,14 +404,11 @@ def _save_model(model, directory: Path, accelerator, state_dict) -> None:
 
 
 def electra_module():
-    """The MUX-ELECTRA pairing module (``mux_plms.training.electra``), imported on first use."""
-    try:
-        return importlib.import_module("mux_plms.training.electra")
-    except ImportError as error:
-        raise ValueError(
-            f"The electra family needs mux_plms.training.electra (MuxElectraPretrainingPair), which is not "
-            f"available: {error}"
-        ) from error
+    """The MUX-ELECTRA pairing module (``mux_plms.training.electra``), imported on first use (a plain
+    relative import: only ELECTRA runs pay for it)."""
+    from . import electra
+
+    return electra
 
 
 def is_electra_pair_folder(folder: str | None) -> bool:
