@@ -33,11 +33,6 @@ def register_family(family: Family) -> None:
         model_class.mux_auto_map = dict(auto_map)
 
 
-def auto_map_for(model_type: str) -> dict[str, str]:
-    """The complete ``auto_map`` of a family (every Auto class, not only the saved one)."""
-    return FAMILY_TABLE[model_type].auto_map()
-
-
 def _write_push_card(working_dir, repo_id) -> None:
     """`model.push_to_hub`'s card: the publishing layer, imported only when a model is pushed."""
     from .hub.card import write_push_card

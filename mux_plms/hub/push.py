@@ -195,15 +195,15 @@ def _remote_code_sources(model_type: str) -> tuple[dict[str, str], dict[str, Pat
     """The complete ``auto_map`` of a registered family and the source files its remote code needs."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
-    from .._registration import FAMILIES, auto_map_for
+    from ..models.families import FAMILIES
 
-    config_class, models = FAMILIES[model_type]
+    family = FAMILIES[model_type]
     files: dict[str, Path] = {}
-    for cls in (config_class, *models.values()):
+    for cls in (family.config_class(), *(family.model_class(name) for name in family.models)):
         module_file = Path(inspect.getsourcefile(cls))
         for path in (module_file, *map(Path, get_relative_import_files(module_file))):
             files[path.name] = path
-    return auto_map_for(model_type), files
+    return family.auto_map(), files
 
 
 def build_operations(directory: Path, readme: str) -> tuple[list[CommitOperationAdd], list[str]]:
