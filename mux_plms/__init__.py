@@ -28,48 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from .models import __all__ as _MODEL_NAMES  # light: the family table, no torch
+
 _MODELS = "mux_plms.models"
-# public name -> the module that defines it (imported on first access)
+# public name -> the module that defines it (imported on first access). The model names are those of
+# `mux_plms.models` (its family table plus the variant registries), not a second list.
 _EXPORTS: dict[str, str] = {
-    **{
-        name: _MODELS
-        for name in (
-            "DEMUXING_VARIANTS",
-            "MUXING_VARIANTS",
-            "MuxBertConfig",
-            "MuxBertModel",
-            "MuxBertForMaskedLM",
-            "MuxBertForSequenceClassification",
-            "MuxBertForTokenClassification",
-            "MuxModelOutput",
-            "MuxTaskOutput",
-            "MuxElectraConfig",
-            "MuxElectraModel",
-            "MuxElectraForPreTraining",
-            "MuxElectraForMaskedLM",
-            "MuxElectraForSequenceClassification",
-            "MuxElectraForTokenClassification",
-            "MuxVisionConfig",
-            "MuxVisionForImageClassification",
-            "MuxMlpForImageClassification",
-            "MuxCnnForImageClassification",
-            "MuxLstmConfig",
-            "MuxLstmModel",
-            "MuxLstmForMaskedLM",
-            "MuxLstmForSequenceClassification",
-            "MuxLstmForTokenClassification",
-            "MuxRobertaConfig",
-            "MuxRobertaModel",
-            "MuxRobertaForMaskedLM",
-            "MuxRobertaForSequenceClassification",
-            "MuxRobertaForTokenClassification",
-            "MuxAlbertConfig",
-            "MuxAlbertModel",
-            "MuxAlbertForMaskedLM",
-            "MuxAlbertForSequenceClassification",
-            "MuxAlbertForTokenClassification",
-        )
-    },
+    **dict.fromkeys(_MODEL_NAMES, _MODELS),
     "convert_legacy_checkpoint": "mux_plms.hub.convert",  # original MUX-PLMs checkpoints
     # MUX-aware transformers pipelines (whole mux groups per batch)
     "pipeline": "mux_plms.pipelines",
@@ -82,42 +47,7 @@ __all__ = [*_EXPORTS, "ensure_registered"]
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these are loaded by __getattr__
     from .hub.convert import convert_legacy_checkpoint
     from .pipelines import MuxTextClassificationPipeline, MuxTokenClassificationPipeline, pipeline
-    from .models import (
-        DEMUXING_VARIANTS,
-        MUXING_VARIANTS,
-        MuxAlbertConfig,
-        MuxAlbertForMaskedLM,
-        MuxAlbertForSequenceClassification,
-        MuxAlbertForTokenClassification,
-        MuxAlbertModel,
-        MuxBertConfig,
-        MuxBertForMaskedLM,
-        MuxBertForSequenceClassification,
-        MuxBertForTokenClassification,
-        MuxBertModel,
-        MuxCnnForImageClassification,
-        MuxElectraConfig,
-        MuxElectraForMaskedLM,
-        MuxElectraForPreTraining,
-        MuxElectraForSequenceClassification,
-        MuxElectraForTokenClassification,
-        MuxElectraModel,
-        MuxLstmConfig,
-        MuxLstmForMaskedLM,
-        MuxLstmForSequenceClassification,
-        MuxLstmForTokenClassification,
-        MuxLstmModel,
-        MuxMlpForImageClassification,
-        MuxModelOutput,
-        MuxRobertaConfig,
-        MuxRobertaForMaskedLM,
-        MuxRobertaForSequenceClassification,
-        MuxRobertaForTokenClassification,
-        MuxRobertaModel,
-        MuxTaskOutput,
-        MuxVisionConfig,
-        MuxVisionForImageClassification,
-    )
+    from .models import *  # noqa: F403  (the static list of the model names: mux_plms/models/__init__.py)
 
 
 def __getattr__(name: str) -> Any:

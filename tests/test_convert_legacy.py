@@ -746,3 +746,25 @@ def test_cli_converts_and_reports(tmp_path, capsys):
         assert model(**legacy_inputs(3)).logits.shape == (6, NUM_LABELS)
     assert cli_main(["convert-legacy", str(tmp_path / "legacy"), str(tmp_path / "converted")]) == 1
     assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+def test_only_mux_bert_declares_the_legacy_options_and_every_other_family_refuses_them():
+    """The `legacy_*` options belong to the BERT configuration (converted original checkpoints are BERT);
+    another family refuses one with a non-default value, and reads an earlier version's config.json, which
+    wrote them at their off values, without complaint."""
+    import dataclasses
+
+    from mux_plms.models.families import FAMILIES
+
+    for family in FAMILIES.values():
+        config_class = family.config_class()
+        legacy = sorted(f.name for f in dataclasses.fields(config_class) if f.name.startswith("legacy_"))
+        if family.model_type == "mux_bert":
+            assert len(legacy) == 9 and config_class.supports_legacy_options
+            continue
+        assert legacy == [] and not config_class.supports_legacy_options, family.model_type
+        with pytest.raises(ValueError, match=rf"not supported by {family.model_type}.*legacy_embed_mixture"):
+            config_class(legacy_embed_mixture=True)
+        with pytest.raises(ValueError, match="legacy_demux"):
+            config_class(legacy_demux="finetuning")
+        config_class(legacy_embed_mixture=False, legacy_demux=None)  # an earlier version's saved defaults

@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _split_variant(variant: str) -> tuple[list[str], list[str]]:
-    from mux_plms.models.configuration_mux_bert import DEMUXING_VARIANTS, MUXING_VARIANTS
+    from mux_plms.models.configuration_mux_utils import DEMUXING_VARIANTS, MUXING_VARIANTS
 
     mux, _, demux = variant.partition("+")
     if mux not in MUXING_VARIANTS or demux not in DEMUXING_VARIANTS:

@@ -1,6 +1,6 @@
 """The real data sets this machine can reach through PyPI, prepared with deterministic splits.
 
-Three corpora (DESIGN.md section 5), all offline once installed / fetched:
+Three corpora (docs/design.md, "Data"), all offline once installed / fetched:
 
 * :func:`penn_treebank` - Penn Treebank language-modelling text from the ``treebank`` package
   (Mikolov's pre-processed version: lower-cased, numbers replaced by ``N``, rare words by ``<unk>``).

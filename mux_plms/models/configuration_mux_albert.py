@@ -5,13 +5,13 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import AlbertConfig
 
-from .configuration_mux_bert import (
+from .configuration_mux_electra import validate_electra_multiplexing_fields
+from .configuration_mux_utils import (
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
     CheckpointOverrideGuard,
     MultiplexingConfigMixin,
     validate_multiplexing_fields,
 )
-from .configuration_mux_electra import validate_electra_multiplexing_fields
 
 
 @strict

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from huggingface_hub.dataclasses import strict
 from transformers import ElectraConfig
 
-from .configuration_mux_bert import (
+from .configuration_mux_utils import (
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
     CheckpointOverrideGuard,
     MultiplexingConfigMixin,
@@ -74,16 +72,6 @@ def validate_electra_multiplexing_fields(config) -> None:
         raise ValueError(
             f"The contextual multiplexer runs attention at embedding_size={config.embedding_size}, which must be "
             f"a multiple of num_attention_heads={config.num_attention_heads}"
-        )
-    legacy = {
-        f.name: getattr(config, f.name)
-        for f in dataclasses.fields(MultiplexingConfigMixin)
-        if f.name.startswith("legacy_") and getattr(config, f.name) != f.default
-    }
-    if legacy:
-        raise ValueError(
-            f"The legacy_* options reproduce quirks of the original MUX-BERT code and are not supported by "
-            f"mux_electra; leave them at their defaults (got {legacy})"
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_mux_bert import (
+from .configuration_mux_utils import (
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
     CheckpointOverrideGuard,
     MultiplexingConfigMixin,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import RobertaConfig
 
-from .configuration_mux_bert import (
+from .configuration_mux_utils import (
     MUX_KEYS_TO_IGNORE_AT_INFERENCE,
     CheckpointOverrideGuard,
     MultiplexingConfigMixin,
@@ -41,8 +41,6 @@ class MuxRobertaConfig(CheckpointOverrideGuard, RobertaConfig, MultiplexingConfi
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         validate_multiplexing_fields(self)
-        if self.legacy_embed_mixture:
-            raise ValueError("legacy_embed_mixture reproduces a quirk of the original MUX-BERT code; leave it False")
 
 
 __all__ = ["MuxRobertaConfig"]

@@ -198,8 +198,9 @@ class PrefixDemultiplexer(KeyConditionedDemultiplexer):
         n = self.num_instances
         ids = torch.full((n, n), self.config.prefix_filler_token_id, dtype=torch.long, device="cpu")
         ids[torch.arange(n), torch.arange(n)] = torch.tensor(self.config.resolved_prefix_index_token_ids)
-        if self.config.legacy_prefix_cls_token_id is not None:
-            cls_ids = torch.full((n, 1), self.config.legacy_prefix_cls_token_id, dtype=torch.long, device="cpu")
+        cls_token_id = getattr(self.config, "legacy_prefix_cls_token_id", None)
+        if cls_token_id is not None:
+            cls_ids = torch.full((n, 1), cls_token_id, dtype=torch.long, device="cpu")
             ids = torch.cat([ids, cls_ids], dim=1)
         return ids
 
@@ -211,7 +212,7 @@ class PrefixDemultiplexer(KeyConditionedDemultiplexer):
 
     def sequence_position(self):
         # legacy_prefix_cls_token_id: the original reads the [CLS] slot that ends its prefix
-        return -1 if self.config.legacy_prefix_cls_token_id is not None else 0
+        return -1 if getattr(self.config, "legacy_prefix_cls_token_id", None) is not None else 0
 
     def instance_keys_for(self, mixed):
         return mixed[:, : self.num_instances]

@@ -33,6 +33,8 @@ class Family:
         vanilla_model_type: ``model_type`` of the transformers model this family warm-starts from and whose
             N = 1 encoder can be its distillation teacher (``bert``); None when there is none.
         pretrainable: trained by ``mux-plms pretrain`` (its stages).
+        extra_exports: ``"module.Class"`` of further public classes that no Auto class maps to (the
+            family's ``PreTrainedModel`` base, alternative backbones); exported by ``mux_plms`` with the rest.
     """
 
     model_type: str
@@ -41,6 +43,13 @@ class Family:
     models: dict[str, str] = field(default_factory=dict)
     vanilla_model_type: str | None = None
     pretrainable: bool = False
+    extra_exports: tuple[str, ...] = ()
+
+    def exports(self) -> dict[str, str]:
+        """Public class name -> its module (relative to this folder): the config, every Auto class's model
+        class and :attr:`extra_exports`."""
+        paths = [self.config, *self.models.values(), *self.extra_exports]
+        return {path.rsplit(".", 1)[1]: path.rsplit(".", 1)[0] for path in paths}
 
     def auto_map(self) -> dict[str, str]:
         """The complete ``auto_map`` of the family (every Auto class, not only the saved one)."""
@@ -87,7 +96,8 @@ def _text_family(model_type, display_name, stem, prefix, vanilla, pretrainable, 
         "AutoModelForTokenClassification": f"modeling_mux_{stem}.{prefix}ForTokenClassification",
     })  # fmt: skip
     config = f"configuration_mux_{stem}.{prefix}Config"
-    return Family(model_type, display_name, config, models, vanilla, pretrainable)
+    base = (f"modeling_mux_{stem}.{prefix}PreTrainedModel",)
+    return Family(model_type, display_name, config, models, vanilla, pretrainable, extra_exports=base)
 
 
 FAMILIES: dict[str, Family] = {
@@ -111,6 +121,11 @@ FAMILIES: dict[str, Family] = {
             "MUX vision",
             "configuration_mux_vision.MuxVisionConfig",
             {"AutoModelForImageClassification": "modeling_mux_vision.MuxVisionForImageClassification"},
+            extra_exports=(
+                "modeling_mux_vision.MuxMlpForImageClassification",
+                "modeling_mux_vision.MuxCnnForImageClassification",
+                "modeling_mux_vision.MuxVisionPreTrainedModel",
+            ),
         ),
     )
 }
@@ -123,9 +138,14 @@ def family_of(model_type: str) -> Family | None:
     return next((f for f in FAMILIES.values() if f.vanilla_model_type == model_type), None)
 
 
+def family_exports() -> dict[str, str]:
+    """Every family's public class name -> its module (relative to this folder), in table order."""
+    return {name: module for family in FAMILIES.values() for name, module in family.exports().items()}
+
+
 def pretrainable_families() -> tuple[str, ...]:
     """The ``--model_family`` names of ``mux-plms pretrain`` (``bert``, ``electra``, ...)."""
     return tuple(f.short_name for f in FAMILIES.values() if f.pretrainable)
 
 
-__all__ = ["FAMILIES", "Family", "HEAD_AUTO_CLASSES", "family_of", "pretrainable_families"]
+__all__ = ["FAMILIES", "Family", "HEAD_AUTO_CLASSES", "family_exports", "family_of", "pretrainable_families"]
