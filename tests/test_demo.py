@@ -11,6 +11,7 @@ import pytest
 
 from mux_plms import demo
 from mux_plms.cli import main
+from mux_plms.hub.card import mark_card
 from mux_plms.training.pretrain import read_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -105,7 +106,7 @@ def test_only_the_quick_recipe_is_marked_and_cards_get_a_warning(tmp_path):
     assert demo.Demo(tmp_path, demo.RECIPES["default"], [2], ["polarity"]).caveat is None
     card = tmp_path / "README.md"
     card.write_text("---\ntags: [x]\n---\n<!-- c -->\n\n# name\n\nBody.\n")
-    demo.mark_card(card, "SMOKE TEST: meaningless")
+    mark_card(card, "SMOKE TEST: meaningless")
     assert (
         card.read_text()
         == "---\ntags: [x]\n---\n<!-- c -->\n\n# name\n\n> **Warning: SMOKE TEST: meaningless**\n\nBody.\n"

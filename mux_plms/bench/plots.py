@@ -1,5 +1,6 @@
 """PNG plots of a benchmark payload (matplotlib, Agg backend): speed-up vs N against the ideal N,
-the analytical bounds and the published figures; peak memory per instance vs N; composability."""
+the analytical bounds and the published figures; peak memory per instance vs N; composability; quality vs
+throughput of fine-tuned models (the demo's)."""
 
 from __future__ import annotations
 
@@ -186,6 +187,57 @@ def plot_composability(records: list[dict], path: Path, title: str) -> Path | No
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_quality_results(rows: list[dict], folder: Path, caveat: str | None = None) -> list[Path]:
+    """Quality results of fine-tuned models at several N (rows of ``task``, ``num_instances``, ``metric``,
+    ``value`` in [0, 1], ``instances_per_second``; the demo's results): ``quality_vs_throughput.png`` (one panel per task, N=1 marked) and ``throughput_vs_n.png``; `caveat` (a
+    smoke test) is written in red above the panels of both and into their PNG metadata."""
+    plt = _pyplot()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        mine = [r for r in rows if r["task"] == task]
+        xs = [r["instances_per_second"] for r in mine]
+        ys = [100 * r["value"] for r in mine]
+        ax.plot(xs, ys, "-o", color="tab:blue")
+        for r, x, y in zip(mine, xs, ys):
+            style = {"color": "tab:red", "marker": "*", "markersize": 14} if r["num_instances"] == 1 else {}
+            if style:
+                ax.plot([x], [y], linestyle="none", **style, label="N=1 (no multiplexing)")
+            ax.annotate(f"N={r['num_instances']}", (x, y), textcoords="offset points", xytext=(5, 5))
+        ax.set_xlabel("evaluation throughput (instances/s)")
+        ax.set_ylabel(f"{mine[0]['metric']} (%)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    metadata = add_caveat(fig, caveat, "Quality vs throughput" if caveat else None)
+    fig.tight_layout()
+    quality = folder / "quality_vs_throughput.png"
+    fig.savefig(quality, dpi=110, metadata=metadata)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for task in tasks:
+        mine = [r for r in rows if r["task"] == task]
+        ax.plot([r["num_instances"] for r in mine], [r["instances_per_second"] for r in mine], "-o", label=task)
+    ns = sorted({r["num_instances"] for r in rows})
+    ax.set_xticks(ns)
+    ax.set_xlabel("N (multiplexed instances)")
+    ax.set_ylabel("instances/s")
+    title = "Throughput vs N (same backbone rows)"
+    if caveat:
+        metadata = add_caveat(fig, caveat, title)
+    else:
+        ax.set_title(title)
+        metadata = {"Title": title}
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    speed = folder / "throughput_vs_n.png"
+    fig.savefig(speed, dpi=110, metadata=metadata)
+    plt.close(fig)
+    return [quality, speed]
 
 
 def write_plots(payload: dict, output_dir: Path, name: str) -> list[Path]:
