@@ -16,7 +16,7 @@ from transformers.models.albert.modeling_albert import AlbertEmbeddings, AlbertT
 
 from .configuration_mux_albert import MuxAlbertConfig
 from .demultiplexing import build_demultiplexer
-from .heads import SequenceClassificationHead, TokenClassificationHead, VocabularyHead
+from .heads import VocabularyHead
 from .modeling_mux_utils import (
     MultiplexedBaseModelMixin,
     MuxMaskedLMMixin,
@@ -88,12 +88,14 @@ class MuxAlbertModel(MultiplexedBaseModelMixin, MuxAlbertPreTrainedModel):
 class MuxAlbertTaskModel(MuxTaskModelMixin, MuxAlbertPreTrainedModel):
     """Common constructor of the task models: the base model plus the token-retrieval head (at width E)."""
 
+    vocabulary_width_field = "embedding_size"  # the vocabulary heads work at the embedding width
+
     _tied_weights_keys = {"retrieval_head.decoder.weight": _WORD_EMBEDDINGS}
 
     def __init__(self, config: MuxAlbertConfig):
         super().__init__(config)
         self.albert = MuxAlbertModel(config)
-        self.retrieval_head = VocabularyHead(config, embedding_size=config.embedding_size)
+        self.retrieval_head = self.vocabulary_head(config)
 
     @property
     def mux_base(self) -> MuxAlbertModel:
@@ -108,36 +110,13 @@ class MuxAlbertForMaskedLM(MuxMaskedLMMixin, MuxAlbertTaskModel):
         "lm_head.decoder.weight": _WORD_EMBEDDINGS,
     }
 
-    def __init__(self, config: MuxAlbertConfig):
-        super().__init__(config)
-        self.lm_head = VocabularyHead(config, embedding_size=config.embedding_size)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head.decoder = new_embeddings
-
 
 class MuxAlbertForSequenceClassification(MuxSequenceClassificationMixin, MuxAlbertTaskModel):
     """Sequence classification / regression on each instance's demultiplexed ``[CLS]`` state."""
 
-    def __init__(self, config: MuxAlbertConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = SequenceClassificationHead(config)
-        self.post_init()
-
 
 class MuxAlbertForTokenClassification(MuxTokenClassificationMixin, MuxAlbertTaskModel):
     """Token classification on every demultiplexed token state."""
-
-    def __init__(self, config: MuxAlbertConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = TokenClassificationHead(config)
-        self.post_init()
 
 
 __all__ = [

@@ -18,10 +18,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 from .configuration_mux_bert import MuxBertConfig
 from .demultiplexing import build_demultiplexer
 from .heads import (
-    TokenClassificationHead,
     VocabularyHead,
-    build_sequence_classification_head,
-    build_vocabulary_head,
 )
 from .modeling_mux_utils import (
     LegacyInputRewrite,
@@ -143,7 +140,7 @@ class MuxBertTaskModel(MuxTaskModelMixin, MuxBertPreTrainedModel):
     def __init__(self, config: MuxBertConfig):
         super().__init__(config)
         self.bert = MuxBertModel(config)
-        self.retrieval_head = build_vocabulary_head(config)
+        self.retrieval_head = self.vocabulary_head(config)
 
     @property
     def mux_base(self) -> MuxBertModel:
@@ -160,37 +157,14 @@ class MuxBertForMaskedLM(MuxMaskedLMMixin, MuxBertTaskModel):
         "lm_head.decoder.weight": _WORD_EMBEDDINGS,
     }
 
-    def __init__(self, config: MuxBertConfig):
-        super().__init__(config)
-        self.lm_head = build_vocabulary_head(config)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head.decoder = new_embeddings
-
 
 class MuxBertForSequenceClassification(MuxSequenceClassificationMixin, MuxBertTaskModel):
     """Sequence classification / regression on each instance's demultiplexed first-token state (or, with
     ``config.sequence_pooling="mean"``, the mean of its demultiplexed token states)."""
 
-    def __init__(self, config: MuxBertConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = build_sequence_classification_head(config)
-        self.post_init()
-
 
 class MuxBertForTokenClassification(MuxTokenClassificationMixin, MuxBertTaskModel):
     """Token classification (NER, POS) on every demultiplexed token state."""
-
-    def __init__(self, config: MuxBertConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = TokenClassificationHead(config)
-        self.post_init()
 
 
 __all__ = [

@@ -26,8 +26,6 @@ from .configuration_mux_electra import MuxElectraConfig
 from .demultiplexing import build_demultiplexer
 from .heads import (
     ReplacedTokenDetectionHead,
-    SequenceClassificationHead,
-    TokenClassificationHead,
     VocabularyHead,
 )
 from .modeling_mux_utils import (
@@ -109,12 +107,14 @@ class MuxElectraTaskModel(MuxTaskModelMixin, MuxElectraPreTrainedModel):
     """Common constructor of the task models: the base model plus the token-retrieval head (at the
     embedding width, its decoder tied to the word embeddings)."""
 
+    vocabulary_width_field = "embedding_size"  # the vocabulary heads work at the embedding width
+
     _tied_weights_keys = {"retrieval_head.decoder.weight": _WORD_EMBEDDINGS}
 
     def __init__(self, config: MuxElectraConfig):
         super().__init__(config)
         self.electra = MuxElectraModel(config)
-        self.retrieval_head = VocabularyHead(config, embedding_size=config.embedding_size)
+        self.retrieval_head = self.vocabulary_head(config)
 
     @property
     def mux_base(self) -> MuxElectraModel:
@@ -181,36 +181,13 @@ class MuxElectraForMaskedLM(MuxMaskedLMMixin, MuxElectraTaskModel):
         "lm_head.decoder.weight": _WORD_EMBEDDINGS,
     }
 
-    def __init__(self, config: MuxElectraConfig):
-        super().__init__(config)
-        self.lm_head = VocabularyHead(config, embedding_size=config.embedding_size)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head.decoder = new_embeddings
-
 
 class MuxElectraForSequenceClassification(MuxSequenceClassificationMixin, MuxElectraTaskModel):
     """Sequence classification / regression on each instance's demultiplexed first-token state."""
 
-    def __init__(self, config: MuxElectraConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = SequenceClassificationHead(config)
-        self.post_init()
-
 
 class MuxElectraForTokenClassification(MuxTokenClassificationMixin, MuxElectraTaskModel):
     """Token classification (NER, POS) on every demultiplexed token state."""
-
-    def __init__(self, config: MuxElectraConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = TokenClassificationHead(config)
-        self.post_init()
 
 
 __all__ = [

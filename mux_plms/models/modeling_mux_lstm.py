@@ -26,7 +26,7 @@ from transformers import initialization as init
 
 from .configuration_mux_lstm import MuxLstmConfig
 from .demultiplexing import build_demultiplexer
-from .heads import SequenceClassificationHead, TokenClassificationHead, VocabularyHead
+from .heads import VocabularyHead
 from .modeling_mux_utils import (
     MultiplexedBaseModelMixin,
     MuxMaskedLMMixin,
@@ -126,7 +126,7 @@ class MuxLstmTaskModel(MuxTaskModelMixin, MuxLstmPreTrainedModel):
     def __init__(self, config: MuxLstmConfig):
         super().__init__(config)
         self.lstm = MuxLstmModel(config)
-        self.retrieval_head = VocabularyHead(config)
+        self.retrieval_head = self.vocabulary_head(config)
 
     @property
     def mux_base(self) -> MuxLstmModel:
@@ -142,37 +142,14 @@ class MuxLstmForMaskedLM(MuxMaskedLMMixin, MuxLstmTaskModel):
         "lm_head.decoder.weight": _WORD_EMBEDDINGS,
     }
 
-    def __init__(self, config: MuxLstmConfig):
-        super().__init__(config)
-        self.lm_head = VocabularyHead(config)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head.decoder = new_embeddings
-
 
 class MuxLstmForSequenceClassification(MuxSequenceClassificationMixin, MuxLstmTaskModel):
     """Sequence classification / regression on each instance's demultiplexed first-token state (its
     backward direction has read the whole sequence)."""
 
-    def __init__(self, config: MuxLstmConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = SequenceClassificationHead(config)
-        self.post_init()
-
 
 class MuxLstmForTokenClassification(MuxTokenClassificationMixin, MuxLstmTaskModel):
     """Token classification (NER, POS) on every demultiplexed token state."""
-
-    def __init__(self, config: MuxLstmConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = TokenClassificationHead(config)
-        self.post_init()
 
 
 __all__ = [

@@ -15,7 +15,7 @@ from transformers.models.roberta.modeling_roberta import RobertaEmbeddings, Robe
 
 from .configuration_mux_roberta import MuxRobertaConfig
 from .demultiplexing import build_demultiplexer
-from .heads import SequenceClassificationHead, TokenClassificationHead, VocabularyHead
+from .heads import VocabularyHead
 from .modeling_mux_utils import (
     MultiplexedBaseModelMixin,
     MuxMaskedLMMixin,
@@ -104,7 +104,7 @@ class MuxRobertaTaskModel(MuxTaskModelMixin, MuxRobertaPreTrainedModel):
     def __init__(self, config: MuxRobertaConfig):
         super().__init__(config)
         self.roberta = MuxRobertaModel(config)
-        self.retrieval_head = VocabularyHead(config)
+        self.retrieval_head = self.vocabulary_head(config)
 
     @property
     def mux_base(self) -> MuxRobertaModel:
@@ -119,36 +119,13 @@ class MuxRobertaForMaskedLM(MuxMaskedLMMixin, MuxRobertaTaskModel):
         "lm_head.decoder.weight": _WORD_EMBEDDINGS,
     }
 
-    def __init__(self, config: MuxRobertaConfig):
-        super().__init__(config)
-        self.lm_head = VocabularyHead(config)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head.decoder = new_embeddings
-
 
 class MuxRobertaForSequenceClassification(MuxSequenceClassificationMixin, MuxRobertaTaskModel):
     """Sequence classification / regression on each instance's demultiplexed ``<s>`` state."""
 
-    def __init__(self, config: MuxRobertaConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = SequenceClassificationHead(config)
-        self.post_init()
-
 
 class MuxRobertaForTokenClassification(MuxTokenClassificationMixin, MuxRobertaTaskModel):
     """Token classification on every demultiplexed token state."""
-
-    def __init__(self, config: MuxRobertaConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.classifier = TokenClassificationHead(config)
-        self.post_init()
 
 
 __all__ = [

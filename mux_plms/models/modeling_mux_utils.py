@@ -25,6 +25,7 @@ from .demultiplexing import (
     PrefixDemultiplexer,
     RSADemultiplexer,
 )
+from .heads import TokenClassificationHead, build_sequence_classification_head, build_vocabulary_head
 from .modeling_outputs import MuxModelOutput, MuxTaskOutput
 from .multiplexing import Multiplexer, fix_empty_rows
 
@@ -540,7 +541,16 @@ class MuxTaskModelMixin(MuxTaskMixin):
     """Plumbing shared by every task model of every family: run the multiplexed base model, add the
     retrieval loss, build the `MuxTaskOutput`, ensembled inference.
 
-    Requires ``self.mux_base`` (the base model), ``self.retrieval_head`` and ``self.config``."""
+    Requires ``self.mux_base`` (the base model), ``self.retrieval_head`` and ``self.config``. A family whose
+    vocabulary heads work at another width than ``hidden_size`` names the config field in
+    :attr:`vocabulary_width_field` (ELECTRA, ALBERT: ``"embedding_size"``)."""
+
+    vocabulary_width_field: str | None = None
+
+    def vocabulary_head(self, config):
+        """A retrieval / MLM head for this family (decoder tied to the word embeddings by the model)."""
+        width = getattr(config, self.vocabulary_width_field) if self.vocabulary_width_field else None
+        return build_vocabulary_head(config, width)
 
     def _run(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states):
         return self.mux_base.multiplex_encode(
@@ -593,9 +603,21 @@ class MuxTaskModelMixin(MuxTaskMixin):
 
 
 class MuxMaskedLMMixin(MuxTaskModelMixin):
-    """``forward`` of a masked-LM task model (requires ``self.lm_head``): MLM over the demultiplexed states
-    plus the auxiliary token-retrieval loss. With ``task_loss_coeff = 0`` and no labels it is the stage-1
-    token-retrieval model (no MLM head computed)."""
+    """A masked-LM task model: its ``lm_head`` and ``forward``, MLM over the demultiplexed states plus the
+    auxiliary token-retrieval loss. With ``task_loss_coeff = 0`` and no labels it is the stage-1
+    token-retrieval model (no MLM head computed). A family class is ``(MuxMaskedLMMixin, <family task
+    model>)`` with its ``_tied_weights_keys``."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.lm_head = self.vocabulary_head(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
 
     def forward(
         self,
@@ -642,9 +664,15 @@ class MuxMaskedLMMixin(MuxTaskModelMixin):
 
 
 class MuxSequenceClassificationMixin(MuxTaskModelMixin):
-    """``forward`` of a sequence classification / regression model (requires ``self.classifier``) on each
-    instance's demultiplexed first-token state (or, with ``config.sequence_pooling="mean"``, the mean of its
+    """A sequence classification / regression model: its ``classifier`` and ``forward`` on each instance's
+    demultiplexed first-token state (or, with ``config.sequence_pooling="mean"``, the mean of its
     demultiplexed token states)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.classifier = build_sequence_classification_head(config)
+        self.post_init()
 
     def forward(
         self,
@@ -672,8 +700,13 @@ class MuxSequenceClassificationMixin(MuxTaskModelMixin):
 
 
 class MuxTokenClassificationMixin(MuxTaskModelMixin):
-    """``forward`` of a token classification model (requires ``self.classifier``) on every demultiplexed
-    token state."""
+    """A token classification model: its ``classifier`` and ``forward`` on every demultiplexed token state."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.classifier = TokenClassificationHead(config)
+        self.post_init()
 
     def forward(
         self,
