@@ -240,6 +240,7 @@ class ContextualMultiplexer(GaussianHadamardMultiplexer):
         return self.instance_mask(across, mask)
 
     streaming = False  # the cross-instance layer needs every instance at once
+    empty_instances_read_the_group = True  # (the original implementation's: False, see the legacy class)
 
     def forward(self, embeddings, attention_mask):
         # Both layers run in N chunks, each the size of one mixture, so their activations (attention
@@ -249,9 +250,15 @@ class ContextualMultiplexer(GaussianHadamardMultiplexer):
         # 1-2. Within each instance, one instance slot (G rows) at a time, written straight into the
         # (G, L, N, D) layout the cross-instance layer reads (no permuted copy).
         across = embeddings.new_empty(g, length, n, d)
+        # An empty instance (the filler of an incomplete group) reads its group's real positions, so that
+        # its share of the mixture, and with it every partner's output, ignores padded positions.
+        union = attention_mask.bool().any(dim=1)
         for index in range(n):
             x = embeddings[:, index]
-            contextual = self.instance_layer(x, self.instance_mask(x, attention_mask[:, index])) + x
+            own = attention_mask[:, index]
+            if self.empty_instances_read_the_group:
+                own = torch.where(own.bool().any(dim=-1, keepdim=True), own.bool(), union)
+            contextual = self.instance_layer(x, self.instance_mask(x, own)) + x
             across[:, :, index] = contextual * keys[index]
         # 3-4. Across the instances at every position, in N chunks of about G*L/N positions.
         across = across.view(g * length, n, d)
@@ -283,6 +290,8 @@ class LegacyContextualMultiplexer(ContextualMultiplexer):
     def __init__(self, config, hidden_size: int):
         super().__init__(config, hidden_size)
         self.mask_across_instances = config.legacy_contextual in ("cross_masked", "task")
+
+    empty_instances_read_the_group = False  # an empty instance attends uniformly to every position
 
     def instance_mask(self, flat, mask):
         return additive_mask(mask, flat.dtype)
