@@ -62,6 +62,7 @@ class MuxModelTesterMixin:
     save_load_instances: tuple[int, ...] = (2,)
     save_load_pairings: tuple[tuple[str, str], ...] | None = None  # None: `pairings`
     meta_muxings: tuple[str, ...] = tuple(MUXING_VARIANTS)
+    meta_classes: tuple | None = None  # classes of the meta-device test; None: the first model class
     meta_demuxing: str = "rsa"
     length_padding: bool = True  # inputs are sequences whose padded positions must not be read
     save_load_tolerance: tuple[float, float] = (1e-6, 1e-7)  # rtol, atol of the reloaded model's outputs
@@ -151,6 +152,9 @@ class MuxModelTesterMixin:
                 metafunc.parametrize(name, values, ids=[f"N{v}" for v in values])
         if "muxing" in args:
             metafunc.parametrize("muxing", self.meta_muxings)
+        if "meta_class" in args:
+            classes = self.meta_classes or self.model_classes[:1]
+            metafunc.parametrize("meta_class", classes, ids=[c.__name__ for c in classes])
 
     def _contract_config(self, model_class, pairing, n):
         muxing, demuxing = pairing
@@ -272,9 +276,9 @@ class MuxModelTesterMixin:
         model, num_labels = self.trainer_model()
         check_trainer_step(model, tmp_path, self.trainer_dataset(), num_labels)
 
-    def test_meta_device_init(self, muxing):
+    def test_meta_device_init(self, meta_class, muxing):
         """Models built on the meta device (as from_pretrained does) re-draw exactly the seeded fixed keys."""
-        cls = self.model_classes[0]
+        cls = meta_class
         kwargs = dict(muxing_variant=muxing, num_instances=3, demuxing_variant=self.meta_demuxing)
         reference = self.build(cls, self.config_for(cls, **kwargs))
         with torch.device("meta"):

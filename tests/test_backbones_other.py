@@ -1,4 +1,7 @@
-"""MUX-RoBERTa and MUX-ALBERT (the MUX-BERT contract on two more Transformer backbones) and the T-MUX presets."""
+"""MUX-RoBERTa and MUX-ALBERT specifics (warm starts, ALBERT sharing, RoBERTa positions) and the T-MUX presets.
+
+The family battery (contract, padding, save/load, remote code, Trainer, meta device) is
+tests/test_model_battery.py::TestMuxRoberta / TestMuxAlbert."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The MUX-ELECTRA contract: every multiplexer x demultiplexer x N x class, save/load, Auto classes, remote
-code, loading a discriminator checkpoint into the task models, warm start from a vanilla ELECTRA, errors."""
+"""MUX-ELECTRA specifics: the projection, the RTD loss, tied decoders, Auto classes, loading a discriminator
+checkpoint into the task models, warm start from a vanilla ELECTRA, errors.
+
+The family battery (contract, padding, save/load, remote code, Trainer, meta device) is
+tests/test_model_battery.py::TestMuxElectra / TestMuxElectraBaseShape."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""MUX-LSTM: the MUX-BERT contract on a bidirectional LSTM backbone, plus LSTM-specific padding behaviour.
+"""MUX-LSTM: LSTM-specific shape, padding (packed sequences) and errors.
 
-`check_text_contract` and `check_remote_code` are shared with tests/test_backbones_other.py."""
+The family battery (contract, padding, save/load, remote code, Trainer, meta device) is
+tests/test_model_battery.py::TestMuxLstm."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ class TestMuxElectraBaseShape(TestMuxElectra):
     def test_trainer_step(self, tmp_path):
         pytest.skip("covered by TestMuxElectra::test_trainer_step: the shape does not touch the Trainer")
 
-    def test_meta_device_init(self, muxing):
+    def test_meta_device_init(self, meta_class, muxing):
         pytest.skip("covered by TestMuxElectra::test_meta_device_init: the keys live at the embedding width")
 
 
@@ -142,6 +142,7 @@ class TestMuxVision(MuxModelTesterMixin):
     model_classes = (MuxMlpForImageClassification, MuxCnnForImageClassification)
     pairings = tuple(itertools.product(MUXING_VARIANTS, ("rsa", "mlp")))  # prefix is text-only
     length_padding = False  # an image has no positions that can be padded
+    meta_classes = (MuxMlpForImageClassification, MuxCnnForImageClassification)
     num_labels = IMAGE_LABELS
 
     def get_config(self, **overrides):

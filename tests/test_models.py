@@ -1,4 +1,7 @@
-"""The MUX-BERT contract: every multiplexer x demultiplexer x N x class."""
+"""MUX-BERT beyond the common battery: group independence, mixing, retrieval, pooling, ensembles, plugins.
+
+The family battery (contract, padding, save/load, remote code, Trainer, meta device) is
+tests/test_model_battery.py::TestMuxBert."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Save/load, fixed keys, Auto classes, remote code, warm start, clear errors."""
+"""MUX-BERT I/O specifics: key properties, Auto classes, warm start, load-time refusals, clear errors.
+
+Save/load, fixed keys, meta device and remote code of every family: tests/test_model_battery.py."""
 
 from __future__ import annotations
 

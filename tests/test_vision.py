@@ -1,4 +1,7 @@
-"""Multiplexed MLP and CNN image classifiers: the MUX-BERT contract on images, and learning on real digits."""
+"""Multiplexed MLP and CNN image classifiers: vision specifics and learning on real digits.
+
+The family battery (contract, padding, save/load, remote code, Trainer, meta device) is
+tests/test_model_battery.py::TestMuxVision."""
 
 from __future__ import annotations
 
