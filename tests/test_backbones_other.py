@@ -1,24 +1,21 @@
-"""MUX-RoBERTa and MUX-ALBERT (the MUX-BERT contract on two more Transformer backbones) and the T-MUX presets."""
+"""MUX-RoBERTa and MUX-ALBERT specifics (warm starts, ALBERT sharing, RoBERTa positions) and the T-MUX presets.
+
+The family battery (contract, padding, save/load, remote code, Trainer, meta device) is
+tests/test_model_battery.py::TestMuxRoberta / TestMuxAlbert."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_lstm import check_remote_code, check_save_load, check_text_contract, check_trainer_step
-from test_models import make_inputs
+from mux_testing import TINY_TEXT, albert_config, make_inputs, roberta_config
 from transformers import (
     AlbertConfig,
     AlbertModel,
-    AutoModel,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
     RobertaConfig,
     RobertaModel,
 )
 
 from mux_plms import (
-    MuxAlbertConfig,
     MuxAlbertForMaskedLM,
     MuxAlbertForSequenceClassification,
     MuxAlbertForTokenClassification,
@@ -26,25 +23,12 @@ from mux_plms import (
     MuxBertConfig,
     MuxBertForMaskedLM,
     MuxBertForSequenceClassification,
-    MuxRobertaConfig,
     MuxRobertaForMaskedLM,
     MuxRobertaForSequenceClassification,
     MuxRobertaForTokenClassification,
     MuxRobertaModel,
 )
 from mux_plms.configs.tmux import TMUX_PRESETS, load_tmux_preset, tmux_description, tmux_recipe
-
-TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-
-
-def roberta_config(**overrides) -> MuxRobertaConfig:
-    return MuxRobertaConfig(**{**TINY, "max_position_embeddings": 42, **overrides})
-
-
-def albert_config(**overrides) -> MuxAlbertConfig:
-    """ALBERT-style shape: embedding_size 16 < hidden_size 32 (like ELECTRA-small)."""
-    return MuxAlbertConfig(**{**TINY, "embedding_size": 16, "max_position_embeddings": 40, **overrides})
-
 
 FAMILIES = {
     "roberta": (
@@ -56,55 +40,6 @@ FAMILIES = {
         [MuxAlbertModel, MuxAlbertForMaskedLM, MuxAlbertForSequenceClassification, MuxAlbertForTokenClassification],
     ),
 }
-AUTO_NAMES = {"Model": "AutoModel", "ForMaskedLM": "AutoModelForMaskedLM",
-              "ForSequenceClassification": "AutoModelForSequenceClassification",
-              "ForTokenClassification": "AutoModelForTokenClassification"}  # fmt: skip
-AUTO = {"AutoModel": AutoModel, "AutoModelForMaskedLM": AutoModelForMaskedLM,
-        "AutoModelForSequenceClassification": AutoModelForSequenceClassification,
-        "AutoModelForTokenClassification": AutoModelForTokenClassification}  # fmt: skip
-PAIRINGS = [
-    ("contextual", "prefix"),
-    ("gaussian_hadamard", "rsa"),
-    ("random_ortho", "mlp"),
-    ("binary_hadamard", "prefix"),
-]
-CASES = [(family, cls) for family, (_, classes) in FAMILIES.items() for cls in classes]
-
-
-def auto_name(cls) -> str:
-    return next(v for k, v in AUTO_NAMES.items() if cls.__name__.endswith(k))
-
-
-@pytest.mark.parametrize("n", [1, 2, 5])
-@pytest.mark.parametrize("muxing,demuxing", PAIRINGS)
-@pytest.mark.parametrize("family,cls", CASES, ids=lambda x: x if isinstance(x, str) else x.__name__)
-def test_contract(family, cls, muxing, demuxing, n):
-    make_config = FAMILIES[family][0]
-    config = make_config(
-        num_instances=n, muxing_variant=muxing, demuxing_variant=demuxing, num_labels=3, retrieval_loss_coeff=0.1
-    )
-    check_text_contract(cls, config)
-
-
-@pytest.mark.parametrize("family,cls", CASES, ids=lambda x: x if isinstance(x, str) else x.__name__)
-def test_save_load_round_trip(family, cls, tmp_path):
-    model = cls(FAMILIES[family][0](num_instances=2, num_labels=3))
-    check_save_load(model, tmp_path, AUTO[auto_name(cls)], f"mux_{family}", f"mux_{family}")
-
-
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_remote_code_in_a_python_without_mux_plms(family, tmp_path):
-    make_config, classes = FAMILIES[family]
-    models = {cls.__name__: cls(make_config(num_instances=2, num_labels=3)) for cls in classes}
-    check_remote_code(tmp_path, models, {cls.__name__: auto_name(cls) for cls in classes})
-
-
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_trainer(family, tmp_path):
-    torch.manual_seed(0)
-    config = FAMILIES[family][0](num_instances=2, num_labels=2, demuxing_variant="rsa", hidden_dropout_prob=0.0)
-    cls = MuxRobertaForSequenceClassification if family == "roberta" else MuxAlbertForSequenceClassification
-    check_trainer_step(cls(config), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +51,7 @@ def test_warm_start_from_a_vanilla_checkpoint(family, vanilla_config, vanilla_mo
     multiplexing modules and heads are new."""
     make_config, classes = FAMILIES[family]
     mux = make_config()
-    kwargs = {k: getattr(mux, k) for k in [*TINY, "max_position_embeddings"]}
+    kwargs = {k: getattr(mux, k) for k in [*TINY_TEXT, "max_position_embeddings"]}
     if family == "albert":
         kwargs["embedding_size"] = 16
     torch.manual_seed(0)
@@ -230,48 +165,3 @@ def test_tmux_tiny_warmup_then_finetune(tmp_path):
 
 
 # ------------------------------------------------------------------------- fixed keys, every new family
-
-
-def _new_family_models():
-    from test_lstm import tiny_lstm
-    from test_vision import tiny_vision
-
-    from mux_plms import MuxCnnForImageClassification, MuxLstmModel, MuxMlpForImageClassification
-
-    return {
-        "lstm": lambda **kw: MuxLstmModel(tiny_lstm(**kw)),
-        "mlp": lambda **kw: MuxMlpForImageClassification(tiny_vision(**kw)),
-        "cnn": lambda **kw: MuxCnnForImageClassification(tiny_vision(**kw)),
-        "roberta": lambda **kw: MuxRobertaModel(roberta_config(**kw)),
-        "albert": lambda **kw: MuxAlbertModel(albert_config(**kw)),
-    }
-
-
-def _keys(model) -> torch.Tensor:
-    base = getattr(model, "base_model", model)
-    return base.multiplexer.instance_keys
-
-
-@pytest.mark.parametrize("family", ["lstm", "mlp", "cnn", "roberta", "albert"])
-@pytest.mark.parametrize("muxing", ["gaussian_hadamard", "random_ortho"])
-def test_meta_device_build_gives_the_seeded_keys(family, muxing):
-    """Models built on the meta device (as from_pretrained does) re-draw exactly the seeded fixed keys."""
-    build = _new_family_models()[family]
-    kwargs = dict(muxing_variant=muxing, num_instances=3, demuxing_variant="rsa")
-    reference = build(**kwargs)
-    with torch.device("meta"):
-        model = build(**kwargs)
-    model.to_empty(device="cpu")
-    model.init_weights()
-    torch.testing.assert_close(_keys(model), _keys(reference), rtol=0, atol=0)
-    assert not torch.equal(_keys(build(**kwargs, muxing_seed=1)), _keys(reference))
-
-
-@pytest.mark.parametrize("family", ["lstm", "mlp", "roberta", "albert"])
-def test_fixed_keys_are_never_redrawn_on_load(family, tmp_path):
-    model = _new_family_models()[family](muxing_variant="gaussian_hadamard", demuxing_variant="rsa")
-    with torch.no_grad():
-        _keys(model).mul_(-3.0)
-    model.save_pretrained(tmp_path)
-    loaded = type(model).from_pretrained(tmp_path)
-    torch.testing.assert_close(_keys(loaded), _keys(model), rtol=0, atol=0)

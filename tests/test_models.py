@@ -1,112 +1,22 @@
-"""The MUX-BERT contract: every multiplexer x demultiplexer x N x class."""
+"""MUX-BERT beyond the common battery: group independence, mixing, retrieval, pooling, ensembles, plugins.
+
+The family battery (contract, padding, save/load, remote code, Trainer, meta device) is
+tests/test_model_battery.py::TestMuxBert."""
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 import torch
 from conftest import tiny_config
+from mux_testing import LENGTH, make_inputs, make_labels
 
 from mux_plms import (
     DEMUXING_VARIANTS,
-    MUXING_VARIANTS,
     MuxBertForMaskedLM,
     MuxBertForSequenceClassification,
     MuxBertForTokenClassification,
     MuxBertModel,
 )
-
-CLASSES = [MuxBertModel, MuxBertForMaskedLM, MuxBertForSequenceClassification, MuxBertForTokenClassification]
-BATCH, LENGTH, NUM_LABELS = 7, 9, 3
-
-
-def make_inputs(batch=BATCH, length=LENGTH, vocab=120, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, vocab, (batch, length), generator=g)
-    attention_mask = torch.ones(batch, length, dtype=torch.long)
-    # ragged rows: real padding inside the batch
-    for row in range(batch):
-        pad = row % 4
-        if pad:
-            input_ids[row, -pad:] = 0
-            attention_mask[row, -pad:] = 0
-    token_type_ids = torch.zeros_like(input_ids)
-    token_type_ids[:, length // 2 :] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-
-
-def make_labels(cls, inputs, seed=0):
-    g = torch.Generator().manual_seed(seed + 1)
-    batch, length = inputs["input_ids"].shape
-    if cls is MuxBertForSequenceClassification:
-        return torch.randint(0, NUM_LABELS, (batch,), generator=g)
-    if cls is MuxBertForTokenClassification:
-        labels = torch.randint(0, NUM_LABELS, (batch, length), generator=g)
-        return labels.masked_fill(inputs["attention_mask"] == 0, -100)
-    if cls is MuxBertForMaskedLM:
-        labels = inputs["input_ids"].clone()
-        keep = torch.rand(batch, length, generator=g) < 0.3
-        return labels.masked_fill(~keep | (inputs["attention_mask"] == 0), -100)
-    return None
-
-
-def main_output(cls, output):
-    return output.last_hidden_state if cls is MuxBertModel else output.logits
-
-
-@pytest.mark.parametrize("muxing,demuxing,n", list(itertools.product(MUXING_VARIANTS, DEMUXING_VARIANTS, [1, 2, 5])))
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_contract(cls, muxing, demuxing, n):
-    torch.manual_seed(0)
-    config = tiny_config(
-        num_instances=n,
-        muxing_variant=muxing,
-        demuxing_variant=demuxing,
-        num_labels=NUM_LABELS,
-        retrieval_loss_coeff=0.1,
-    )
-    model = cls(config)
-    inputs = make_inputs()
-    labels = make_labels(cls, inputs)
-
-    # training step: finite loss, gradients reach the word embeddings
-    model.train()
-    output = model(**inputs, **({"labels": labels} if labels is not None else {}))
-    expected_shape = {
-        MuxBertModel: (BATCH, LENGTH, config.hidden_size),
-        MuxBertForMaskedLM: (BATCH, LENGTH, config.vocab_size),
-        MuxBertForSequenceClassification: (BATCH, NUM_LABELS),
-        MuxBertForTokenClassification: (BATCH, LENGTH, NUM_LABELS),
-    }[cls]
-    assert main_output(cls, output).shape == expected_shape
-    if cls is MuxBertModel:
-        loss = output.last_hidden_state.pow(2).mean()
-    else:
-        loss = output.loss
-        assert torch.isfinite(loss)
-        assert torch.isfinite(output.task_loss) and torch.isfinite(output.retrieval_loss)
-        torch.testing.assert_close(loss, config.task_loss_coeff * output.task_loss + 0.1 * output.retrieval_loss)
-    loss.backward()
-    grad = model.get_input_embeddings().weight.grad
-    assert grad is not None and grad.abs().sum() > 0
-
-    # eval: deterministic, and internal padding == explicit all-padding rows
-    model.eval()
-    with torch.no_grad():
-        first = main_output(cls, model(**inputs))
-        second = main_output(cls, model(**inputs))
-        torch.testing.assert_close(first, second, rtol=0, atol=0)
-        extra = (-BATCH) % n
-        if extra:
-            padded = {
-                "input_ids": torch.cat([inputs["input_ids"], torch.zeros(extra, LENGTH, dtype=torch.long)]),
-                "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(extra, LENGTH, dtype=torch.long)]),
-                "token_type_ids": torch.cat([inputs["token_type_ids"], torch.zeros(extra, LENGTH, dtype=torch.long)]),
-            }
-            explicit = main_output(cls, model(**padded))
-            assert explicit.shape[0] == BATCH + extra
-            torch.testing.assert_close(first, explicit[:BATCH], rtol=1e-5, atol=1e-6)
 
 
 def test_groups_are_independent():
@@ -132,20 +42,6 @@ def test_mixing_couples_instances_within_a_group():
         inputs["input_ids"][1, 1:4] = 7
         after = model(**inputs).logits
     assert not torch.allclose(before[0], after[0])
-
-
-def test_union_attention_mask_ignores_positions_padded_in_every_instance():
-    """A position no instance uses does not influence the outputs (union mask of the mixture)."""
-    model = MuxBertForTokenClassification(
-        tiny_config(num_instances=2, num_labels=2, muxing_variant="gaussian_hadamard", demuxing_variant="rsa")
-    ).eval()
-    inputs = make_inputs(batch=2, length=8)
-    inputs["attention_mask"][:, -2:] = 0
-    with torch.no_grad():
-        before = model(**inputs).logits
-        inputs["input_ids"][:, -2:] = 55  # content under a padded position (both instances)
-        after = model(**inputs).logits
-    torch.testing.assert_close(before[:, :-2], after[:, :-2], rtol=1e-5, atol=1e-6)
 
 
 def test_retrieval_loss_uses_requested_instances():
@@ -174,7 +70,7 @@ def test_retrieval_loss_uses_requested_instances():
 def test_mlm_logits_at_labels_only():
     model = MuxBertForMaskedLM(tiny_config(num_instances=2)).eval()
     inputs = make_inputs(batch=4)
-    labels = make_labels(MuxBertForMaskedLM, inputs)
+    labels = make_labels("MaskedLM", inputs)
     with torch.no_grad():
         full = model(**inputs, labels=labels)
         packed = model(**inputs, labels=labels, logits_at_labels_only=True)
@@ -246,7 +142,7 @@ def test_streaming_mixture_equals_stacked_mixture(muxing):
     model = MuxBertForTokenClassification(config).eval()
     assert model.bert.multiplexer.streaming
     inputs = make_inputs(batch=6)
-    labels = make_labels(MuxBertForTokenClassification, inputs)
+    labels = make_labels("TokenClassification", inputs)
     calls = []
     hook = model.bert.multiplexer.register_forward_hook(lambda *_: calls.append(1))
     streamed = model(**inputs, labels=labels)
@@ -317,7 +213,6 @@ def test_instance_layers_run_the_first_layers_per_instance_before_mixing(tiny):
     """Combine first: at N=1 (binary keys: the identity) mixing after k layers changes nothing; at N=2 an
     instance's states depend on its partner only through the layers after mixing, and padding rows change
     nothing."""
-    from mux_plms import MuxBertModel
 
     torch.manual_seed(0)
     plain = MuxBertModel(tiny(num_instances=1, muxing_variant="binary_hadamard", demuxing_variant="rsa")).eval()
@@ -342,7 +237,6 @@ def test_instance_layers_run_the_first_layers_per_instance_before_mixing(tiny):
 def test_shared_position_mixing_keys_the_word_embeddings_only(tiny):
     """position_mixing='shared': at N=1 (binary keys: the identity) it equals the keyed model; at N=2 the
     first layer reads LayerNorm(mean of keyed word embeddings + mean token-type embedding + positions)."""
-    from mux_plms import MuxBertModel
 
     torch.manual_seed(0)
     plain = MuxBertModel(tiny(num_instances=1, muxing_variant="binary_hadamard", demuxing_variant="rsa")).eval()
@@ -420,3 +314,24 @@ def test_a_registered_plugin_variant_is_accepted_end_to_end(tmp_path):
     with pytest.raises(ValueError, match=r"muxing_variant must be one of gaussian_hadamard, .*contextual; got 'neg"):
         tiny_config(muxing_variant="negated_hadamard")
     assert "legacy_contextual" not in multiplexing.muxing_variants()  # built only by the legacy options
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in mux_plms: the contextual multiplexer's within-instance layer lets an all-padding (internal "
+    "padding) instance attend over every position (fix_empty_rows), so its partners' outputs depend on how many "
+    "padded positions the batch has",
+)
+def test_contextual_empty_instance_reads_the_padded_length():
+    """Positions padded in every instance must not change the outputs, also in a group holding the internal
+    padding instance (an odd batch at N=2). Holds for the Hadamard / orthogonal multiplexers (the battery's
+    test_length_padding) and for contextual groups without an empty instance."""
+    torch.manual_seed(0)
+    model = MuxBertModel(tiny_config(num_instances=2, muxing_variant="contextual", demuxing_variant="rsa")).eval()
+    inputs = make_inputs(batch=3)
+    longer = {k: torch.cat([v, torch.zeros(3, 2, dtype=v.dtype)], 1) for k, v in inputs.items()}
+    with torch.no_grad():
+        plain = model(**inputs).last_hidden_state
+        padded = model(**longer).last_hidden_state[:, :LENGTH]
+    torch.testing.assert_close(plain[:2], padded[:2], rtol=1e-5, atol=1e-6)  # the full group: fine
+    torch.testing.assert_close(plain[2], padded[2], rtol=1e-5, atol=1e-6)  # beside the padding instance

