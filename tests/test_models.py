@@ -316,16 +316,10 @@ def test_a_registered_plugin_variant_is_accepted_end_to_end(tmp_path):
     assert "legacy_contextual" not in multiplexing.muxing_variants()  # built only by the legacy options
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in mux_plms: the contextual multiplexer's within-instance layer lets an all-padding (internal "
-    "padding) instance attend over every position (fix_empty_rows), so its partners' outputs depend on how many "
-    "padded positions the batch has",
-)
 def test_contextual_empty_instance_reads_the_padded_length():
     """Positions padded in every instance must not change the outputs, also in a group holding the internal
-    padding instance (an odd batch at N=2). Holds for the Hadamard / orthogonal multiplexers (the battery's
-    test_length_padding) and for contextual groups without an empty instance."""
+    padding instance (an odd batch at N=2): the empty instance reads its group's real positions. (Found by the
+    battery's test_length_padding; the legacy multiplexer keeps the original's uniform attention.)"""
     torch.manual_seed(0)
     model = MuxBertModel(tiny_config(num_instances=2, muxing_variant="contextual", demuxing_variant="rsa")).eval()
     inputs = make_inputs(batch=3)
