@@ -138,6 +138,7 @@ def table(runs: list[dict]) -> str:
 # at the same fine-tuning steps); each point is (CPU minutes, accuracy).
 PROJECTED_CURVES = {
     "fine-tuning steps (one 1,500-step run, evaluated every 250 steps)": ("curve", "bin_rsa_s1500", "n1_s1500"),
+    "fine-tuning steps (one 4,000-step run, evaluated every 500 steps)": ("curve", "bin_rsa_s4000", "n1_s1500"),
     "distillation steps, then 300 fine-tuning steps": (
         "finals",
         [
@@ -209,7 +210,7 @@ def projection(runs: list[dict]) -> str:
         points = _curve_points(kind, spec, by_name)
         x_last, y_last = points[-1]
         slope = last_slope(points)
-        at_slope = f"{x_last + (target - y_last) / slope:.0f}" if slope > 0 else "never (slope <= 0)"
+        at_slope = f"{x_last + (target - y_last) / slope:.0f}" if slope > 1e-3 else "never (slope <= 0)"
         a, b, tau = saturating_fit(points)
         on_fit = f"{-tau * math.log((a - target) / b):.0f}" if a > target and b > 0 else "never (asymptote below)"
         lines.append(
