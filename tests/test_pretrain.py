@@ -170,6 +170,19 @@ def test_bad_arguments_are_refused_with_the_flag_named(overrides, error, message
         PretrainingArguments(**values)
 
 
+def test_stages_come_from_the_registry():
+    from mux_plms.training import arguments, stages
+    from mux_plms.training.metrics import LOSS_NAMES
+
+    assert arguments.STAGES == stages.stage_names() == ("retrieval", "distill", "mlm", "electra")
+    for name in stages.stage_names():
+        stage = stages.get_stage(name)
+        assert stage.help and stage.card_description and stage.description and callable(stage.collator)
+        assert set(stage.loss_fields) - {"loss"} <= set(LOSS_NAMES)
+    with pytest.raises(ValueError, match="Unknown pre-training stage 'finetune': choose from retrieval, distill, mlm"):
+        stages.get_stage("finetune")
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 
