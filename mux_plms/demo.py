@@ -246,13 +246,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     recipe = RECIPES["quick" if args.quick else "default"]
     if args.pretrain_stages is not None:
-        from .training.arguments import STAGES
+        from .training.stages import STAGE_REGISTRY
 
+        # The demo pre-trains MUX-BERT: the stages that imply another family (electra) are not for it.
+        usable = [name for name, stage in STAGE_REGISTRY.items() if stage.family in (None, "bert")]
         stages = [] if args.pretrain_stages.strip() == "none" else [x.strip() for x in args.pretrain_stages.split(",")]
-        bad = [x for x in stages if x not in STAGES or x == "electra"]
+        bad = [x for x in stages if x not in usable]
         if bad or (not stages and args.pretrain_stages.strip() != "none"):
             raise ValueError(
-                f"--pretrain-stages must be 'none' or a comma-separated list of retrieval, distill, mlm; got "
+                f"--pretrain-stages must be 'none' or a comma-separated list of {', '.join(usable)}; got "
                 f"{args.pretrain_stages!r}"
             )
         recipe = replace(recipe, pretrain_stages=",".join(stages))
@@ -606,7 +608,8 @@ class Demo:
 
     def pretrain(self, n: int, stop_after_stage1: bool = False) -> Path:
         from .training.arguments import PretrainingArguments
-        from .training.pretrain import read_record, run_pretraining
+        from .training.pretrain import run_pretraining
+        from .training.pretrain_records import read_record
 
         out = self.root / f"pretrain_N{n}"
         final = self.pretrained_dir(n)
@@ -908,7 +911,7 @@ class Demo:
 
 
 def _read_list(folder: Path) -> list[dict]:
-    from .training.pretrain import read_record
+    from .training.pretrain_records import read_record
 
     return read_record(folder)
 

@@ -12,7 +12,7 @@ import pytest
 from mux_plms import demo
 from mux_plms.cli import main
 from mux_plms.hub.card import mark_card
-from mux_plms.training.pretrain import read_record
+from mux_plms.training.pretrain_records import read_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -19,7 +19,7 @@ from test_pretrain import (
 )
 
 from mux_plms.training.distill_stage import DistillationPair, hidden_distillation_loss, standardize
-from mux_plms.training.pretrain import read_record
+from mux_plms.training.pretrain_records import read_record
 
 __all__ = ["fresh_accelerate_state", "texts"]  # fixtures used here
 
@@ -107,7 +107,8 @@ def test_distill_stage_loss_falls_on_real_text_and_the_teacher_stays_frozen(text
     from transformers import AutoModelForSequenceClassification
 
     import mux_plms  # noqa: F401
-    from mux_plms.training.pretrain import STAGE_REGISTRY, StageContext, load_tokenizer
+    from mux_plms.training.pretrain import load_tokenizer
+    from mux_plms.training.stages import STAGE_REGISTRY, StageContext
 
     args = distill_args(texts, tmp_path / "probe", teacher).resolved()
     pair = STAGE_REGISTRY["distill"].build(StageContext(args, "distill", 1, str(teacher), load_tokenizer(args)))
@@ -147,7 +148,8 @@ def test_distill_loss_falls_over_a_few_steps(texts, teacher, tmp_path):
 
 
 def test_teacher_gets_no_gradient_in_a_training_step(texts, teacher, tmp_path):
-    from mux_plms.training.pretrain import STAGE_REGISTRY, StageContext, load_tokenizer
+    from mux_plms.training.pretrain import load_tokenizer
+    from mux_plms.training.stages import STAGE_REGISTRY, StageContext
 
     args = distill_args(texts, tmp_path / "g", teacher, distill_retrieval_coeff=0.5, distill_mlm_coeff=0.5)
     args = args.resolved()

@@ -230,7 +230,7 @@ def test_prefix_length_is_the_demultiplexers_own_everywhere(checkpoints, tmp_pat
     from mux_plms.bench.sizes import BenchCase
     from mux_plms.hub.card import render_model_card
     from mux_plms.models.demultiplexing import prefix_length
-    from mux_plms.training.pretrain import prefix_length_of
+    from mux_plms.training.stage_models import prefix_length_of
 
     info = ft.inspect_checkpoint(ft.MuxModelArguments(str(checkpoints["prefix3"])))
     model = AutoModelForSequenceClassification.from_pretrained(checkpoints["prefix3"]).eval()

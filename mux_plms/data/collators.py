@@ -229,11 +229,4 @@ class ElectraCollator(MLMCollator):
     random_replace_prob: float = 0.0
 
 
-COLLATORS: dict[str, type[MuxCollator]] = {
-    "retrieval": RetrievalCollator,
-    "mlm": MLMCollator,
-    "electra": ElectraCollator,
-}
-
-
-__all__ = ["COLLATORS", "INDEX_KEY", "MuxCollator", "RetrievalCollator", "MLMCollator", "ElectraCollator"]
+__all__ = ["INDEX_KEY", "MuxCollator", "RetrievalCollator", "MLMCollator", "ElectraCollator"]

@@ -52,14 +52,17 @@ GENERATED_MARKER = "<!-- mux-plms: generated model card -->"
 DEFAULT_LICENSE = "mit"
 BASE_TAGS = ("mux-plms", "data-multiplexing")
 
-# Recommended stage names (any non-empty name is accepted) and how the card describes them.
-STAGE_DESCRIPTIONS = {
-    "retrieval": "stage 1, token retrieval: recover every instance's tokens from the mixture",
-    "mlm": "stage 2, multiplexed masked-language-model pre-training",
-    "electra": "stage 2, multiplexed ELECTRA pre-training (replaced-token detection)",
-    "distill": "hidden-state distillation: each instance's demultiplexed states learn the frozen N=1 encoder's states",
-    "finetune": "stage 3, task fine-tuning",
-}
+# How the card describes the fine-tuning stage; the pre-training stages describe themselves
+# (`Stage.card_description` in mux_plms.training.stages). Any non-empty stage name is accepted.
+FINETUNE_DESCRIPTION = {"finetune": "stage 3, task fine-tuning"}
+
+
+def stage_descriptions() -> dict[str, str]:
+    """Stage name -> how the card describes it: the registered pre-training stages, then fine-tuning."""
+    from ..training.stages import STAGE_REGISTRY  # light: the stage modules import no torch at import time
+
+    described = {name: stage.card_description for name, stage in STAGE_REGISTRY.items() if stage.card_description}
+    return {**described, **FINETUNE_DESCRIPTION}
 
 
 def family_display_name(model_type: str) -> str:
@@ -371,6 +374,7 @@ def _stage_tokens(stage: TrainingStage) -> int | None:
 
 
 def _stage_rows(record: TrainingRecord | None) -> list[dict]:
+    descriptions = stage_descriptions()
     rows = []
     for i, stage in enumerate(record.stages if record else [], 1):
         rows.append(
@@ -378,9 +382,7 @@ def _stage_rows(record: TrainingRecord | None) -> list[dict]:
                 "index": i,
                 "name": stage.name,
                 "description": (
-                    f"`{stage.name}` ({STAGE_DESCRIPTIONS[stage.name]})"
-                    if stage.name in STAGE_DESCRIPTIONS
-                    else f"`{stage.name}`"
+                    f"`{stage.name}` ({descriptions[stage.name]})" if stage.name in descriptions else f"`{stage.name}`"
                 ),
                 "steps": f"{stage.steps:,}",
                 "tokens": _fmt_count(_stage_tokens(stage)) if _stage_tokens(stage) is not None else "-",

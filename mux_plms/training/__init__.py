@@ -16,9 +16,10 @@ from .arguments import PretrainingArguments
 _LAZY = {
     "run_pretraining": "pretrain",
     "train_stage": "pretrain",
-    "evaluate": "pretrain",
-    "STAGE_REGISTRY": "pretrain",
-    "TrainingProgress": "pretrain",
+    "evaluate": "metrics",
+    "STAGE_REGISTRY": "stages",
+    "get_stage": "stages",
+    "TrainingProgress": "checkpoints",
     "MuxElectraPretrainingPair": "electra",
     "load_electra_preset": "electra",
     "DistillationTrainer": "distillation",

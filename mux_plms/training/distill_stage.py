@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import CrossEntropyLoss
 from transformers.utils import ModelOutput
 
-from .arguments import DISTILL_LOSSES
+from .stages.distill import DISTILL_LOSSES
 
 
 def standardize(states: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
