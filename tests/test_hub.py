@@ -26,6 +26,7 @@ from mux_plms.utils.folders import COMPLETE_MARKER, atomic_model_folder, write_c
 
 REMOTE_CODE_FILES = {
     "configuration_mux_bert.py",
+    "configuration_mux_utils.py",
     "modeling_mux_bert.py",
     "modeling_mux_utils.py",
     "modeling_outputs.py",

@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
         predictor.max_batch_size = args.mux_rows * predictor.num_instances
         with MuxBatcher(predictor, max_wait_s=args.wait_ms / 1000) as batcher:
             server = make_server(batcher, args.host, args.port)
-            print(f"serving {args.model_dir} (N={predictor.num_instances}) on http://{args.host}:{args.port}/")
-            try:
+            try:  # the banner inside: a Ctrl-C the moment it is read still ends cleanly
+                print(f"serving {args.model_dir} (N={predictor.num_instances}) on http://{args.host}:{args.port}/")
                 server.serve_forever()
             except KeyboardInterrupt:
                 pass

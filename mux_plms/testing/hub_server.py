@@ -819,12 +819,12 @@ def main(argv: list[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         idle_timeout=args.idle_timeout,
     )
-    print(
-        f"Loopback hub serving {server.endpoint} (root {Path(args.root).resolve()}); a test server, not the Hub. "
-        "Ctrl-C stops it.",
-        flush=True,
-    )
-    try:
+    try:  # the banner inside: a Ctrl-C the moment it is read still ends cleanly
+        print(
+            f"Loopback hub serving {server.endpoint} (root {Path(args.root).resolve()}); a test server, not the Hub. "
+            "Ctrl-C stops it.",
+            flush=True,
+        )
         server.serve_forever()
     except KeyboardInterrupt:
         pass
