@@ -198,24 +198,28 @@ def check_remote_code(tmp_path, models: dict, inputs: dict) -> None:
     assert sorted(line.split()[1] for line in result.stdout.splitlines() if line.startswith("OK ")) == sorted(models)
 
 
+def tiny_training_arguments(output_dir, **settings):
+    """`TrainingArguments` for a short CPU test run: no reports, no checkpoints, no progress bars, seed 0;
+    `settings` (batch sizes, steps, learning rate, ...) on top."""
+    from transformers import TrainingArguments
+
+    defaults = dict(report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
+    return TrainingArguments(output_dir=str(output_dir), **{**defaults, **settings})
+
+
 def check_trainer_step(model, tmp_path, train, num_labels: int, steps: int = 4) -> None:
     """`steps` `transformers.Trainer` steps on `train` (batches not a multiple of N): finite logged losses, the
     trainable parameters change, predict gives one row of logits per input and a finite loss."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
+    args = tiny_training_arguments(
+        tmp_path,
         per_device_train_batch_size=3,  # not a multiple of N
         per_device_eval_batch_size=5,
         max_steps=steps,
         learning_rate=3e-3,
         logging_steps=2,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train)
     trainer.train()

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import minilm_dir, tiny_config
 from datasets import Dataset
-from transformers import AutoTokenizer, Trainer, TrainingArguments, pipeline
+from mux_testing import tiny_training_arguments
+from transformers import AutoTokenizer, Trainer, pipeline
 
 from mux_plms import MuxBertForSequenceClassification, MuxBertForTokenClassification
 
@@ -36,19 +37,14 @@ def test_trainer_lowers_loss_and_predicts_one_row_per_example(tmp_path):
         )
     )
     train, dev = synthetic_classification(96, seed=0), synthetic_classification(7, seed=1)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
+    args = tiny_training_arguments(
+        tmp_path,
         per_device_train_batch_size=3,  # not a multiple of N
         per_device_eval_batch_size=5,
         gradient_accumulation_steps=2,
         max_steps=30,
         learning_rate=3e-3,
         logging_steps=5,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train)
     trainer.train()

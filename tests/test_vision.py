@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 from datasets import Dataset
-from mux_testing import make_images, tiny_vision
-from transformers import Trainer, TrainingArguments
+from mux_testing import make_images, tiny_training_arguments, tiny_vision
+from transformers import Trainer
 
 from mux_plms import (
     MuxCnnForImageClassification,
@@ -83,18 +83,13 @@ def test_trainer_on_digits(tmp_path):
     model = MuxMlpForImageClassification(tiny_vision(num_instances=2, hidden_size=64, muxing_variant="random_ortho"))
     train = Dataset.from_dict({"pixel_values": train_x[:300].numpy(), "labels": train_y[:300].numpy()})
     train.set_format("torch")
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
+    args = tiny_training_arguments(
+        tmp_path,
         per_device_train_batch_size=15,  # not a multiple of N
         per_device_eval_batch_size=7,
         max_steps=40,
         learning_rate=5e-3,
         logging_steps=10,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train)
     trainer.train()
