@@ -78,6 +78,17 @@ STAGE_REGISTRY: dict[str, Stage] = {}
 EXAMPLE_CHAINS = ("retrieval,mlm", "retrieval,distill", "distill,mlm")
 
 
+def batch_forward(required: tuple[str, ...], optional: tuple[str, ...] = (), **fixed) -> Callable[[Any, dict], Any]:
+    """A stage's ``forward``: the model called with the batch's `required` keys (a missing one is a
+    ``KeyError``), its `optional` keys (None when absent) and the `fixed` keyword arguments."""
+
+    def forward(model, batch: dict):
+        inputs = {key: batch[key] for key in required} | {key: batch.get(key) for key in optional}
+        return model(**inputs, **fixed)
+
+    return forward
+
+
 def register_stage(stage: Stage) -> Stage:
     """Add a stage to :data:`STAGE_REGISTRY` (name -> Stage); returns it."""
     STAGE_REGISTRY[stage.name] = stage
@@ -131,6 +142,7 @@ def implied_family(stages: list[str]) -> str | None:
 from . import retrieval, distill, mlm, electra  # noqa: E402, F401, I001
 
 __all__ = [
+    "batch_forward",
     "Stage",
     "StageContext",
     "STAGE_REGISTRY",

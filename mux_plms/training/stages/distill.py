@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..stage_models import SAVED_COEFFS, build_masked_lm, read_config_dict, save_model, stage_config
-from . import Stage, register_stage
+from . import Stage, batch_forward, register_stage
 
 DISTILL_LOSSES = ("mse_cosine", "mse", "cosine")
 
@@ -49,13 +49,7 @@ def build(ctx):
                             args.distill_token_coeff, args.distill_pooled_coeff)  # fmt: skip
 
 
-def forward(model, batch):
-    return model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        retrieval_instance_ids=batch.get("retrieval_instance_ids"),
-        labels=batch.get("labels"),
-    )
+forward = batch_forward(("input_ids", "attention_mask"), optional=("retrieval_instance_ids", "labels"))
 
 
 def save(pair, directory: Path, accelerator, state_dict) -> None:

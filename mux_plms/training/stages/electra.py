@@ -24,7 +24,7 @@ from ..stage_models import (
     read_config_dict,
     stage_config,
 )
-from . import Stage, register_stage
+from . import Stage, batch_forward, register_stage
 
 
 def is_electra_pair_folder(folder: str | None) -> bool:
@@ -67,13 +67,7 @@ def build(ctx):
     return electra.MuxElectraPretrainingPair(generator, discriminator, **pair_kwargs)
 
 
-def forward(model, batch):
-    return model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=batch["labels"],
-        retrieval_instance_ids=batch["retrieval_instance_ids"],
-    )
+forward = batch_forward(("input_ids", "attention_mask", "labels", "retrieval_instance_ids"))
 
 
 def save(pair, directory: Path, accelerator, state_dict) -> None:

@@ -6,7 +6,7 @@ building is :mod:`mux_plms.training.stage_models`.
 from __future__ import annotations
 
 from ..stage_models import build_masked_lm, save_model
-from . import Stage, register_stage
+from . import Stage, batch_forward, register_stage
 
 
 def coeffs(args) -> dict:
@@ -17,14 +17,7 @@ def build(ctx):
     return build_masked_lm(ctx, coeffs(ctx.args))
 
 
-def forward(model, batch):
-    return model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=batch["labels"],
-        retrieval_instance_ids=batch["retrieval_instance_ids"],
-        logits_at_labels_only=True,
-    )
+forward = batch_forward(("input_ids", "attention_mask", "labels", "retrieval_instance_ids"), logits_at_labels_only=True)
 
 
 def collator(args, tokenizer, num_instances: int):

@@ -6,7 +6,7 @@ frozen. Small enough to hold everything here; the shared model building is :mod:
 from __future__ import annotations
 
 from ..stage_models import build_masked_lm, save_model
-from . import Stage, register_stage
+from . import Stage, batch_forward, register_stage
 
 # The stage's loss weights (task, retrieval), whatever the arguments say.
 COEFFS = {"task_loss_coeff": 0.0, "retrieval_loss_coeff": 1.0}
@@ -20,12 +20,7 @@ def build(ctx):
     return build_masked_lm(ctx, COEFFS)
 
 
-def forward(model, batch):
-    return model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        retrieval_instance_ids=batch["retrieval_instance_ids"],
-    )
+forward = batch_forward(("input_ids", "attention_mask", "retrieval_instance_ids"))
 
 
 def collator(args, tokenizer, num_instances: int):
