@@ -75,6 +75,18 @@ def main(argv=None) -> int:
         "head's dense and out_proj (with --pooling first and --demux-init identity the N>1 model starts as the "
         "N=1 model applied to the mixture)",
     )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="set every dropout probability of the model (backbone, multiplexer, head) to this value",
+    )
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="binary_hadamard_epsilon: overlap of the binary keys' chunks (keys re-drawn after setting it)",
+    )
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--rows", type=int, default=8, help="backbone rows per step (rows x N sequences)")
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -158,6 +170,18 @@ def main(argv=None) -> int:
             demux.hidden_proj.weight.copy_(torch.eye(demux.hidden_proj.weight.shape[0]))
             demux.hidden_proj.bias.zero_()
             demux.key_proj.weight.mul_(args.demux_key_scale)
+    if args.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = args.dropout
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            if hasattr(model.config, field):
+                setattr(model.config, field, args.dropout)
+    if args.epsilon is not None:
+        mux = model.mux_base.multiplexer
+        model.config.binary_hadamard_epsilon = args.epsilon
+        with torch.no_grad():
+            mux.instance_keys.copy_(mux.make_keys(mux._generator()))
     for item in args.config:
         key, value = item.split("=", 1)
         setattr(model.config, key, json.loads(value))
